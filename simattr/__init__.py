@@ -1,0 +1,9 @@
+"""simattr: why two texts are similar under an embedding model, token by token."""
+from .api import Explainer, explain
+from .encoders import CallableEncoder, Encoder, load_encoder
+from .errors import NumericalError, SimattrError
+from .explanation import Explanation
+
+__version__ = "0.1.0"
+__all__ = ["explain", "Explainer", "Explanation", "Encoder", "CallableEncoder", "load_encoder", "SimattrError",
+           "NumericalError", "__version__"]

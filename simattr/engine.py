@@ -1,0 +1,230 @@
+"""The attribution engine: G[k, u] = Σ_n w_n ⟨∂f_k(x_n)/∂x, T_u⟩ by forward or reverse mode, chunked to a budget.
+
+    x_n = r + α_n (x − r),  T_u = (x − r) restricted to the tokens of unit u          (IJ)
+    x_1 = x, w = 1,         T_u = x restricted to the tokens of unit u                 (BiLRP, `delta=x`)
+
+Forward mode: one JVP per unit (tangents batched with vmap; the primal is computed once per node chunk and
+shared by all tangents). Reverse mode: one VJP per output dimension (one-hot cotangents, scaled by w_n,
+batched with vmap), each gradient block [k, n, S, H] contracted with Δ on the fly; the D × S × H Jacobian
+is never stored. The planner picks the mode with fewer passes, and the chunk sizes from a byte budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from .errors import NumericalError, SimattrError
+
+MODES = ("auto", "forward", "reverse")
+
+
+@dataclass
+class Shape:
+    """What the memory model needs to know of the encoder and the input."""
+
+    seq: int
+    hidden: int
+    layers: int = 6
+    heads: int = 12
+    intermediate: int = 1536
+    out_dim: int = 384
+    bytes: int = 4
+
+    @classmethod
+    def of(cls, encoder, seq: int, hidden: int, out_dim: int, dtype: torch.dtype):
+        cfg = getattr(getattr(encoder, "model", None), "config", None)
+        get = lambda *names, default: next((getattr(cfg, n) for n in names if cfg is not None and getattr(cfg, n, None)), default)
+        return cls(seq=seq, hidden=hidden, layers=max(1, get("num_hidden_layers", "n_layers", default=len(getattr(encoder, "blocks", [0])))),
+                   heads=get("num_attention_heads", "n_heads", default=max(1, hidden // 64)),
+                   intermediate=get("intermediate_size", "hidden_dim", default=4 * hidden),
+                   out_dim=out_dim, bytes=torch.finfo(dtype).bits // 8)
+
+    def layer_bytes(self) -> int:
+        """Live bytes of one sequence through one block: attention scores/probabilities, FFN and hidden states."""
+        S = self.seq
+        return self.bytes * (4 * self.heads * S * S + 4 * S * self.intermediate + 10 * S * max(self.hidden, 64))
+
+    def forward_element(self) -> int:
+        """Peak bytes per (tangent, node) pair in forward mode (primal + tangent of about one block live)."""
+        return 2 * self.layer_bytes()
+
+    def reverse_saved(self) -> int:
+        """Bytes saved for the backward pass per path node (all blocks)."""
+        return self.layers * self.layer_bytes()
+
+    def reverse_element(self) -> int:
+        """Transient bytes per (cotangent, node) pair during a batched VJP."""
+        return 2 * self.layer_bytes()
+
+
+@dataclass
+class Plan:
+    mode: str
+    unit_chunk: int
+    node_chunk: int
+    budget_bytes: int
+    estimated_bytes: int
+    reason: str
+    skipped_units: int = 0
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+def default_budget(device: torch.device) -> int:
+    """Working-memory budget: 2 GiB on the CPU, 40 % of the free memory on a GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.4 * free)
+    return 2 << 30
+
+
+def parse_memory(value) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise SimattrError(f"max_memory must be positive, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip().upper().replace("IB", "").replace("B", "")
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        try:
+            if v and v[-1] in units:
+                return int(float(v[:-1]) * units[v[-1]])
+            return int(float(v))
+        except ValueError:
+            pass
+    raise SimattrError(f"max_memory must be a byte count or a string like '4GB', got {value!r}")
+
+
+def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: Optional[int] = None,
+         batch_size: Optional[int] = None, device=torch.device("cpu"), allow_forward: bool = True) -> Plan:
+    """Choose forward or reverse mode (fewer passes: units vs output dimensions) and chunk sizes for a budget."""
+    if mode not in MODES:
+        raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise SimattrError(f"internal_batch_size must be a positive integer, got {batch_size!r}")
+    budget = budget or default_budget(torch.device(device))
+    D = shape.out_dim
+    if mode == "auto":
+        if not allow_forward:
+            mode, reason = "reverse", "forward mode is not exact for this function"
+        elif n_units <= D:
+            mode, reason = "forward", f"{n_units} unit JVPs <= {D} output-dimension VJPs"
+        else:
+            mode, reason = "reverse", f"{D} output-dimension VJPs < {n_units} unit JVPs"
+    else:
+        reason = "forced by the caller"
+    if mode == "forward":
+        per = shape.forward_element()
+        elems = batch_size or max(1, budget // per)
+        u_c = max(1, min(n_units, elems))
+        n_c = max(1, min(n_nodes, elems // u_c))
+        est = u_c * n_c * per
+    else:
+        saved, per = shape.reverse_saved(), shape.reverse_element()
+        if batch_size:
+            n_c = max(1, min(n_nodes, batch_size))
+            u_c = max(1, min(D, batch_size // n_c))
+        else:
+            n_c = max(1, min(n_nodes, (budget // 2) // max(saved, 1)))
+            u_c = max(1, min(D, (budget - n_c * saved) // max(n_c * per, 1)))
+        est = n_c * saved + u_c * n_c * per
+    return Plan(mode=mode, unit_chunk=int(u_c), node_chunk=int(n_c), budget_bytes=int(budget),
+                estimated_bytes=int(est), reason=reason)
+
+
+def _check_finite(t: Tensor, what: str):
+    if not torch.isfinite(t).all():
+        raise NumericalError(f"NaN or Inf in {what}: check the model, the dtype (fp16 overflows easily) and the inputs")
+
+
+def _batched_jvp(f: Callable, xs: Tensor, tangents: Tensor) -> Tensor:
+    """JVPs of f at the primal batch xs [n, S, H] for a stack of tangents [u, n, S, H] -> [u, n, D]."""
+    return vmap(lambda t: jvp(f, (xs,), (t,))[1])(tangents)
+
+
+def forward_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weights: Tensor, unit_matrix: Tensor,
+                 out_dim: int, p: Plan, tangent: Optional[Tensor] = None) -> Tensor:
+    """G [D, U] by one JVP per unit: Σ_n w_n J(start + α_n delta) · (tangent ⊙ unit_u)."""
+    tangent = delta if tangent is None else tangent
+    U, S = unit_matrix.shape
+    acc = torch.float64 if start.dtype == torch.float64 else torch.float32
+    G = torch.zeros(out_dim, U, dtype=acc, device=start.device)
+    um = unit_matrix.to(start.device, start.dtype)
+    active = [u for u in range(U) if bool((um[u].unsqueeze(-1) * tangent[0]).abs().sum() > 0)]
+    p.skipped_units = U - len(active)
+    with torch.no_grad():
+        for n0 in range(0, len(alphas), p.node_chunk):
+            a = alphas[n0:n0 + p.node_chunk].to(start.dtype)
+            w = weights[n0:n0 + p.node_chunk].to(acc)
+            xs = start + a.view(-1, 1, 1) * delta  # [n, S, H]
+            for u0 in range(0, len(active), p.unit_chunk):
+                idx = active[u0:u0 + p.unit_chunk]
+                t = um[idx].unsqueeze(-1) * tangent  # [u, S, H]
+                t = t.unsqueeze(1).expand(-1, xs.shape[0], -1, -1)
+                out = _batched_jvp(f, xs, t)  # [u, n, D]
+                G[:, idx] += torch.einsum("und,n->du", out.to(acc), w)
+    return G
+
+
+def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weights: Tensor, unit_matrix: Tensor,
+                 out_dim: int, p: Plan, tangent: Optional[Tensor] = None) -> Tensor:
+    """G [D, U] by one VJP per output dimension, contracted with the tangent per token, pooled into units."""
+    tangent = delta if tangent is None else tangent
+    acc = torch.float64 if start.dtype == torch.float64 else torch.float32
+    D = out_dim
+    Gs = torch.zeros(D, start.shape[1], dtype=acc, device=start.device)
+    t0 = tangent[0]
+    for n0 in range(0, len(alphas), p.node_chunk):
+        a = alphas[n0:n0 + p.node_chunk].to(start.dtype)
+        w = weights[n0:n0 + p.node_chunk].to(start.dtype)
+        xs = (start + a.view(-1, 1, 1) * delta).detach()
+        with torch.enable_grad():
+            _, pullback = vjp(f, xs)
+            n = xs.shape[0]
+            for k0 in range(0, D, p.unit_chunk):
+                k1 = min(D, k0 + p.unit_chunk)
+                ks = torch.arange(k0, k1, device=start.device)
+                ct = torch.zeros(k1 - k0, n, D, dtype=start.dtype, device=start.device)
+                ct[torch.arange(k1 - k0), :, ks] = w  # one-hot e_k scaled by the node weights
+                (grads,) = vmap(pullback)(ct)  # [k, n, S, H]
+                Gs[k0:k1] += torch.einsum("knsh,sh->ks", grads, t0).to(acc)
+                del grads
+        del pullback
+    return Gs @ unit_matrix.to(Gs.device, Gs.dtype).T
+
+
+def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights, unit_matrix: Tensor, out_dim: int,
+                     p: Plan, tangent: Optional[Tensor] = None) -> Tensor:
+    """Dispatch to forward or reverse mode. start, delta: [1, S, H]; alphas, weights: 1-D."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    fn = forward_mode if p.mode == "forward" else reverse_mode
+    G = fn(f, start, delta, alphas.to(start.device), weights.to(start.device), unit_matrix, out_dim, p, tangent)
+    _check_finite(G, "the attribution (G)")
+    return G
+
+
+def full_tangent_integral(f: Callable, start: Tensor, delta: Tensor, alphas, weights, shape: Shape,
+                          budget: int) -> Tensor:
+    """Σ_n w_n J(start + α_n delta) · delta — one JVP per node; equals f(x) − f(r) up to quadrature error."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    acc = torch.float64 if start.dtype == torch.float64 else torch.float32
+    n_c = max(1, min(len(alphas), budget // shape.forward_element()))
+    total = torch.zeros(shape.out_dim, dtype=acc, device=start.device)
+    with torch.no_grad():
+        for n0 in range(0, len(alphas), n_c):
+            a = alphas[n0:n0 + n_c].to(start.device, start.dtype)
+            xs = start + a.view(-1, 1, 1) * delta
+            _, out = jvp(f, (xs,), (delta.expand_as(xs),))
+            total += torch.einsum("nd,n->d", out.to(acc), weights[n0:n0 + n_c].to(start.device, acc))
+    _check_finite(total, "the full-tangent integral")
+    return total

@@ -1,0 +1,91 @@
+"""The result of an explanation: a token-by-token matrix with its checks."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Explanation:
+    method: str
+    matrix: np.ndarray  # [U_a, U_b]
+    tokens_a: list
+    tokens_b: list
+    score: float  # the model's similarity of a and b
+    terms: dict = field(default_factory=dict)  # s(a,b), s(a,r_b), s(r_a,b), s(r_a,r_b)
+    error: Optional[float] = None  # |Σ A − target|
+    settings: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # method-specific: completeness per side, plans, timings...
+
+    @property
+    def total(self) -> float:
+        """Σ A, the similarity (or similarity difference) the matrix decomposes."""
+        return float(self.matrix.sum())
+
+    def top_interactions(self, k: int = 10, by: str = "abs"):
+        """The k strongest token pairs as dicts (i, j, token_a, token_b, value), by |value| (or 'value')."""
+        m = self.matrix
+        key = np.abs(m) if by == "abs" else m
+        order = np.argsort(-key, axis=None)[: max(0, int(k))]
+        out = []
+        for flat in order:
+            i, j = np.unravel_index(flat, m.shape)
+            out.append({"i": int(i), "j": int(j), "token_a": self.tokens_a[i], "token_b": self.tokens_b[j],
+                        "value": float(m[i, j])})
+        return out
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "score": float(self.score), "error": None if self.error is None else float(self.error),
+                "total": self.total, "terms": {k: float(v) for k, v in self.terms.items()},
+                "tokens_a": list(self.tokens_a), "tokens_b": list(self.tokens_b),
+                "matrix": self.matrix.astype(float).tolist(), "settings": _plain(self.settings),
+                **{k: _plain(v) for k, v in self.extras.items()}}
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def format(self, top: int = 10, max_tokens: int = 24) -> str:
+        """A readable report: score, checks, the matrix (if small) and the strongest interactions."""
+        lines = [f"method: {self.method}   score: {self.score:.6f}   sum(A): {self.total:.6f}"]
+        if self.terms:
+            lines.append("terms:  " + "  ".join(f"{k}={v:.6f}" for k, v in self.terms.items()))
+        if self.error is not None:
+            lines.append(f"completeness error: {self.error:.3e}")
+        m = self.matrix
+        if m.shape[0] <= max_tokens and m.shape[1] <= max_tokens:
+            w = max(6, min(10, max(len(t) for t in self.tokens_b) + 1))
+            head = " " * 12 + "".join(f"{t[:w - 1]:>{w}}" for t in self.tokens_b)
+            lines.append(head)
+            for t, row in zip(self.tokens_a, m):
+                lines.append(f"{t[:11]:>11} " + "".join(f"{v:>{w}.3f}" for v in row))
+        else:
+            lines.append(f"matrix: {m.shape[0]} x {m.shape[1]} (use --json for all values)")
+        lines.append(f"strongest {min(top, m.size)} interactions:")
+        for it in self.top_interactions(top):
+            lines.append(f"  {it['token_a']:>15} <-> {it['token_b']:<15} {it['value']:+.5f}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.format()
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        try:
+            return v.tolist()
+        except Exception:  # noqa: BLE001
+            pass
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)

@@ -1,0 +1,58 @@
+"""Reference inputs r at the input of block `layer` (the path starts there)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .encoders import Encoder, Tokens
+from .errors import SimattrError
+
+KEYWORDS = ("pad", "zero")
+
+
+def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
+    """Token ids of a reference text fitted to the input's length: pads inserted before (or tokens cut before)
+    the final special token, so both sequences keep their special tokens in place."""
+    if not text.strip():
+        raise SimattrError("reference text is empty")
+    ids = encoder.tokenizer(text, truncation=False)["input_ids"]
+    S = tokens.length
+    pad = encoder.tokenizer.pad_token_id
+    if len(ids) < S:
+        if pad is None:
+            raise SimattrError("the tokenizer has no pad token to fit the reference text to the input's length")
+        ids = ids[:-1] + [pad] * (S - len(ids)) + ids[-1:]
+    elif len(ids) > S:
+        ids = ids[:S - 1] + ids[-1:]
+    return torch.tensor([ids], device=tokens.input_ids.device)
+
+
+def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor = None) -> Tensor:
+    """Reference hidden states [1, S, H].
+
+    spec: None or "pad" (non-special tokens replaced by the pad token, through the embedding module and the
+    blocks below `layer`), "zero" (the zero vector), any other string (a reference text, fitted to the input's
+    length and taken through the model like the input), a tensor [S, H] or [1, S, H], or a callable
+    (tokens, x) -> tensor.
+    """
+    if x is None:
+        x = encoder.hidden(tokens, layer)
+    if spec is None or (isinstance(spec, str) and spec == "pad"):
+        return encoder.hidden(tokens, layer, input_ids=encoder.pad_ids(tokens))
+    if isinstance(spec, str) and spec == "zero":
+        return torch.zeros_like(x)
+    if isinstance(spec, str):
+        return encoder.hidden(tokens, layer, input_ids=_text_ids(encoder, spec, tokens))
+    if callable(spec) and not isinstance(spec, Tensor):
+        spec = spec(tokens, x)
+    if isinstance(spec, Tensor):
+        r = spec.to(x.device, x.dtype)
+        if r.dim() == 2:
+            r = r.unsqueeze(0)
+        if r.shape != x.shape:
+            raise SimattrError(f"reference tensor has shape {tuple(spec.shape)}; expected {tuple(x.shape[1:])} "
+                               f"(tokens x hidden size at layer {layer})")
+        if not torch.isfinite(r).all():
+            raise SimattrError("reference tensor holds NaN or Inf")
+        return r
+    raise SimattrError(f"unknown reference {spec!r}: use 'pad', 'zero', a reference text, a tensor or a callable")
