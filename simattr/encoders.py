@@ -238,7 +238,7 @@ class Encoder:
                 handle.remove()
                 slot.clear()
             emb = self._head(hidden, tokens.attention_mask.expand(n, -1))
-            if normalize:
+            if normalize or self.normalized:  # cosine, or the model's own Normalize module
                 emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return emb
 

