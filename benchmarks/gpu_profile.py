@@ -237,9 +237,9 @@ def end_to_end(args):
     from simattr.attention import fused_attention
     enc, desc = minilm_encoder()
     RESULTS["c_model"] = desc
-    configs = [(enc, n, args.steps) for n in ((16, 64) if args.quick else (16, 64, 256))]
-    if not args.quick or args.with_512:
-        configs.append(("bert-base", 512, args.steps_512))
+    sizes = [int(x) for x in args.e2e_tokens.split(",")] if args.e2e_tokens else \
+        ([16, 64] + ([512] if args.with_512 else []) if args.quick else [16, 64, 256, 512])
+    configs = [("bert-base", n, args.steps_512) if n > 256 else (enc, n, args.steps) for n in sizes]
     for enc_i, n, steps in configs:
         if time.time() - T0 > args.budget_s * 0.85:
             log("end-to-end section: time budget reached, skipping the rest")
@@ -327,6 +327,54 @@ def profile(args):
                 fh.write(table)
 
 
+# ------------------------------------------------------------------------------------------ t. tile sweep
+@section("t: tile sweep of the tangent kernel")
+def tile_sweep(args):
+    """The hot kernel alone (tangents with known primal stats), per tile configuration and fp32 precision."""
+    from triton.testing import do_bench
+    T, H = (16, 12) if args.quick else (64, 12)
+    shapes = [(64, 512, 1), (32, 256, 2), (32, 64, 8)] if not args.quick else [(64, 256, 1), (32, 64, 2)]
+    configs = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2),
+               (128, 32, 8, 3), (16, 32, 2, 2)]
+    precisions = [("float32", "ieee"), ("float32", "tf32x3"), ("float32", "tf32"), ("bfloat16", None)]
+    RESULTS["t_sweep"] = []
+    t_start = time.time()
+    for D, S, B in shapes:
+        g = torch.Generator(device="cuda").manual_seed(D + S)
+        base = [torch.randn(B, H, S, D, device="cuda", generator=g) for _ in range(3)]
+        tans = [torch.randn(T, B, H, S, D, device="cuda", generator=g) for _ in range(3)]
+        scale = D ** -0.5
+        ref = K._math_tangent(*(t.double() for t in base), None, scale, *(t.double() for t in tans))
+        ef = lambda a, b, c: eager(a, b, c, None, scale)
+        for dtype_name, prec in precisions:
+            dtype = getattr(torch, dtype_name)
+            q, k, v = (t.to(dtype) for t in base)
+            dq, dk, dv = (t.to(dtype) for t in tans)
+            eager_ms = do_bench(lambda: vmap(lambda a, b, c: jvp(ef, (q, k, v), (a, b, c))[1])(dq, dk, dv),
+                                warmup=5, rep=30, return_mode="median")
+            out, stats = K.attention_forward(q, k, v, None, scale, backend="triton")
+            for bm, bn, w, st in configs:
+                if time.time() - t_start > args.sweep_budget_s:
+                    log("tile sweep: budget reached")
+                    return
+                fn = lambda: K.attention_tangent(q, k, v, dq, dk, dv, None, scale, out, stats, False, "triton", prec,
+                                                 block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+                try:
+                    err = float((fn().double() - ref).abs().max() / ref.abs().max())
+                    ms = do_bench(fn, warmup=5, rep=30, return_mode="median")
+                except Exception as exc:
+                    err, ms = float("nan"), float("nan")
+                    log(f"config {bm}x{bn} w{w} s{st} {dtype_name}/{prec} failed: {type(exc).__name__}: {exc}")
+                row = {"d": D, "S": S, "B": B, "T": T, "dtype": dtype_name, "precision": prec, "block_m": bm,
+                       "block_n": bn, "warps": w, "stages": st, "ms": ms, "rel_err": err,
+                       "eager_vmap_jvp_ms": eager_ms,
+                       "TFLOPs_executed": B * H * T * 10 * S * S * D / ms / 1e9 if ms == ms else float("nan")}
+                RESULTS["t_sweep"].append(row)
+                log(f"d={D} S={S} B={B} {dtype_name}/{prec} {bm}x{bn} w{w} s{st}: {ms:.3f} ms "
+                    f"(eager vmap-jvp incl. primal {eager_ms:.3f} ms) err {err:.1e} "
+                    f"{row['TFLOPs_executed']:.1f} TFLOP/s")
+
+
 # ------------------------------------------------------------------------------------------ summary
 def summary():
     print("\n================ SUMMARY ================")
@@ -359,6 +407,17 @@ def summary():
                   f"{r['fused_pairs_per_s']:12.3f} {r['speedup']:7.2f} | {r['eager_peak_MiB']:9.0f} "
                   f"{r['fused_peak_MiB']:9.0f} | {r['eager_TFLOPs']:10.1f} {r['fused_TFLOPs']:10.1f} | "
                   f"{r['max_abs_diff_fused_vs_eager']:8.1e}")
+    if RESULTS.get("t_sweep"):
+        print("(t) tile sweep, best configuration per shape and precision (tangent kernel alone):")
+        best = {}
+        for r in RESULTS["t_sweep"]:
+            key = (r["d"], r["S"], r["B"], r["dtype"], r["precision"])
+            if r["ms"] == r["ms"] and (key not in best or r["ms"] < best[key]["ms"]):
+                best[key] = r
+        for key, r in best.items():
+            print(f"    d={key[0]:>3} S={key[1]:>4} B={key[2]} {key[3]:8} {str(key[4]):6}: {r['block_m']}x{r['block_n']} "
+                  f"w{r['warps']} s{r['stages']} {r['ms']:.3f} ms err {r['rel_err']:.1e} "
+                  f"({r['TFLOPs_executed']:.1f} TF/s; eager vmap-jvp {r['eager_vmap_jvp_ms']:.3f} ms)")
     if RESULTS["d_profile"]:
         print("(d) profiler tables printed above" + (" and written under $OUT" if os.environ.get("OUT") else ""))
     for e in RESULTS["errors"]:
@@ -369,11 +428,15 @@ def summary():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that every section runs")
-    ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd)")
+    ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd; t = tile sweep)")
     ap.add_argument("--steps", type=int, default=50, help="IJ steps for the MiniLM runs")
     ap.add_argument("--steps-512", type=int, default=5,
                     help="IJ steps for the 512-token BERT-base run (pairs/s is also given scaled to 50 steps)")
     ap.add_argument("--with-512", action="store_true", help="run the 512-token case in --quick mode too")
+    ap.add_argument("--apply-best", action="store_true",
+                    help="after section t, use the fastest fp32 configuration (error <= 1e-5) and rerun section c")
+    ap.add_argument("--e2e-tokens", default=None, help="comma-separated token counts for section c (default 16,64,256,512)")
+    ap.add_argument("--sweep-budget-s", type=float, default=200, help="wall-time limit of the tile sweep (section t)")
     ap.add_argument("--budget-s", type=float, default=450, help="soft wall-time budget; later configs are skipped")
     args = ap.parse_args()
     if args.quick:
@@ -396,6 +459,18 @@ def main():
         end_to_end(args)
     if "d" in args.sections:
         profile(args)
+    if "t" in args.sections:
+        tile_sweep(args)
+        if args.apply_best and RESULTS.get("t_sweep"):
+            ok = [r for r in RESULTS["t_sweep"] if r["dtype"] == "float32" and r["rel_err"] <= 1e-5
+                  and r["ms"] == r["ms"] and r["d"] == 64]
+            if ok:
+                r = min(ok, key=lambda r: r["ms"])
+                K.DEFAULTS["fp32_precision"] = r["precision"]
+                K.DEFAULTS["tiles"] = (r["block_m"], r["block_n"], r["warps"], r["stages"])
+                log(f"applying the best fp32 configuration: {r['precision']} {K.DEFAULTS['tiles']}")
+                RESULTS["applied"] = {"fp32_precision": r["precision"], "tiles": K.DEFAULTS["tiles"]}
+                end_to_end(args)
     summary()
     out = os.environ.get("OUT")
     if out:

@@ -77,7 +77,8 @@ LAUNCHES = {"forward": 0, "jvp": 0}
 _NEG = float(torch.finfo(torch.float32).min)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: defaults of the Triton path; "ieee" fp32 products match eager fp32 attention, "tf32" is faster on tensor cores
-DEFAULTS = {"fp32_precision": "ieee"}
+#: "tiles": None (heuristic) or (BLOCK_M, BLOCK_N, num_warps, num_stages) for every launch (benchmarks, tuning)
+DEFAULTS = {"fp32_precision": "ieee", "tiles": None}
 _MASK_NONE, _MASK_ADD, _MASK_BOOL = 0, 1, 2
 
 
@@ -303,6 +304,8 @@ def _launch(q, k, v, mask, dq, dk, dv, out, stats, d_out, scale, stats_given, wr
             fp32_precision=None, block_m=None, block_n=None, num_warps=None, num_stages=2):
     B, H, SQ, D = q.shape
     SK = k.shape[2]
+    if DEFAULTS["tiles"] is not None and block_m is None and block_n is None and num_warps is None:
+        block_m, block_n, num_warps, num_stages = DEFAULTS["tiles"]
     BLOCK_M, BLOCK_N, BLOCK_D, warps = _tiles(SQ, SK, D, block_m, block_n, num_warps)
     if mask is not None:
         kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADD
