@@ -253,7 +253,8 @@ class Encoder:
         grads = [(p, p.requires_grad) for p in model.parameters()]
         attn = getattr(model.config, "_attn_implementation", None)
         switched = False
-        if attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        # eager, or simattr's fused attention (simattr.attention.EAGER_COMPATIBLE: same math as eager)
+        if attn not in (None, "eager", "simattr_fused", "simattr_fused_cp") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("eager")
             switched = True
         head_training = None
