@@ -34,6 +34,7 @@ class Shape:
     intermediate: int = 1536
     out_dim: int = 384
     bytes: int = 4
+    fused_attention: bool = False  # no S x S probabilities (or their tangents) in memory
 
     @classmethod
     def of(cls, encoder, seq: int, hidden: int, out_dim: int, dtype: torch.dtype):
@@ -47,7 +48,8 @@ class Shape:
     def layer_bytes(self) -> int:
         """Live bytes of one sequence through one block: attention scores/probabilities, FFN and hidden states."""
         S = self.seq
-        return self.bytes * (4 * self.heads * S * S + 4 * S * self.intermediate + 10 * S * max(self.hidden, 64))
+        attn = 0 if self.fused_attention else 4 * self.heads * S * S
+        return self.bytes * (attn + 4 * S * self.intermediate + 10 * S * max(self.hidden, 64))
 
     def forward_element(self) -> int:
         """Peak bytes per (tangent, node) pair in forward mode (primal + tangent of about one block live)."""

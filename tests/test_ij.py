@@ -205,3 +205,17 @@ def test_float64(explainer):
     e = simattr.explain(A, B, model=enc, steps=64)
     assert e.settings["dtype"] == "float64"
     assert e.error < 1e-4
+
+
+def test_fused_attention_gives_the_same_matrix(explainer):
+    """The fused-attention path (PyTorch math of the kernel's autograd.Function on the CPU) equals eager."""
+    e1 = explainer.explain(A, B, steps=6, attention="eager")
+    e2 = explainer.explain(A, B, steps=6, attention="fused")
+    e3 = explainer.explain(A, B, steps=3, attention="fused", mode="reverse")
+    e4 = explainer.explain(A, B, steps=3, attention="eager", mode="reverse")
+    assert e1.settings["attention"] == ["eager", "eager"] and e2.settings["attention"] == ["fused", "fused"]
+    np.testing.assert_allclose(e1.matrix, e2.matrix, atol=1e-6)
+    np.testing.assert_allclose(e3.matrix, e4.matrix, atol=1e-6)
+    assert explainer.encoder_a.model.config._attn_implementation == "eager"
+    with pytest.raises(simattr.SimattrError, match="attention"):
+        explainer.explain(A, B, steps=2, attention="flash")

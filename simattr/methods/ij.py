@@ -88,7 +88,7 @@ def choose_steps(a: Side, b: Side, rule: str, tol: float, shapes, budget: int, s
 def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, layer: int = 0, steps=50,
                quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
                exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
-               tol: float = 1e-4, truncate: bool = False) -> Explanation:
+               tol: float = 1e-4, truncate: bool = False, attention: str = "auto") -> Explanation:
     t_start = time.perf_counter()
     if sim not in ("cosine", "dot"):
         raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
@@ -99,7 +99,9 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
     units_a, units_b = units if isinstance(units, tuple) else (units, units)
     normalize = sim == "cosine"
     budget = engine.parse_memory(max_memory)
-    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else _null()):
+    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else _null()), \
+            attention_context(enc_a, attention) as attn_a, \
+            (attention_context(enc_b, attention) if enc_b is not enc_a else _null(attn_a)) as attn_b:
         a = prepare_side(enc_a, text_a, layer, ref_a, units_a, normalize, truncate)
         b = prepare_side(enc_b, text_b, layer, ref_b, units_b, normalize, truncate)
         if a.fx.shape != b.fx.shape:
@@ -107,6 +109,8 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
                                f"{tuple(b.fx.shape)}")
         D = a.fx.shape[-1]
         shapes = [engine.Shape.of(s.encoder, s.tokens.length, s.x.shape[-1], D, s.x.dtype) for s in (a, b)]
+        for shape, attn in zip(shapes, (attn_a, attn_b)):
+            shape.fused_attention = attn == "fused"
         budget = budget or engine.default_budget(a.x.device)
         history = None
         if steps == "auto":
@@ -128,7 +132,8 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
                 "reference": _describe(reference), "units": units if isinstance(units, str) else "spans",
                 "mode": [p["mode"] for p in plans], "tol": tol if history else None,
                 "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
-                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device)}
+                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
+                "attention": [attn_a, attn_b]}
     extras = {"completeness_per_side": completeness, "plans": plans, "steps_history": history,
               "seconds": time.perf_counter() - t_start}
     extras = {k: v for k, v in extras.items() if v is not None}
@@ -146,9 +151,44 @@ def _describe(ref):
     return type(ref).__name__
 
 
-class _null:
+def attention_context(encoder: Encoder, attention: str = "auto", constant_softmax: bool = False):
+    """Fused attention (Triton kernel with a one-launch JVP for all tangents) where it helps, eager elsewhere.
+
+    attention: "auto" (fused on CUDA when Triton imports and the model dispatches through transformers'
+    attention registry; eager otherwise), "fused" (also on the CPU: the same autograd.Function over PyTorch
+    math), "eager". The context yields which one is active.
+    """
+    if attention not in ("auto", "fused", "eager"):
+        raise SimattrError(f"attention must be 'auto', 'fused' or 'eager', got {attention!r}")
+    model = getattr(encoder, "model", None)
+    if attention == "eager" or model is None or not hasattr(model, "config"):
+        return _null("eager")
+    from .. import attention as fused
+    if not fused.supports_fused_attention(model):
+        return _null("eager")
+    if attention == "auto" and not (encoder.device.type == "cuda" and fused.HAS_TRITON):
+        return _null("eager")
+    return _entered(fused.fused_attention(model, constant_softmax=constant_softmax), "fused")
+
+
+class _entered:
+    def __init__(self, ctx, value):
+        self.ctx, self.value = ctx, value
+
     def __enter__(self):
-        return self
+        self.ctx.__enter__()
+        return self.value
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc)
+
+
+class _null:
+    def __init__(self, value=None):
+        self.value = value
+
+    def __enter__(self):
+        return self.value
 
     def __exit__(self, *exc):
         return False
