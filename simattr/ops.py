@@ -12,7 +12,7 @@ import os
 from typing import Optional, Tuple
 
 #: device type -> whether "auto" uses the compiled kernel there (set from benchmarks/bench_maxsim.py figures)
-AUTO_KERNEL = {"cuda": True, "cpu": True}
+AUTO_KERNEL = {"cuda": True, "cpu": False}
 MAXSIM_BACKENDS = ("auto", "torch", "cpp", "triton")
 
 
