@@ -87,7 +87,6 @@ def main(argv=None):
     # correctness against the chunked PyTorch path
     ref_v, ref_i = backends["torch"]()
     checks = {}
-    S_at = None
     for name, fn in backends.items():
         v, i = fn()
         sync()

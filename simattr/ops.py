@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 #: device type -> whether "auto" uses the compiled kernel there (set from benchmarks/bench_maxsim.py figures)
 AUTO_KERNEL = {"cuda": True, "cpu": False}
@@ -179,7 +179,7 @@ def choose_maxsim_backend(device_type: str, dtype, backend: str = "auto") -> str
     return "torch"
 
 
-def maxsim(Q, C, Qmask=None, Cmask=None, backend: str = "auto") -> Tuple["torch.Tensor", "torch.Tensor"]:
+def maxsim(Q, C, Qmask=None, Cmask=None, backend: str = "auto") -> Tuple:
     """Batched masked MaxSim: values [B, S_q] (float32) and index [B, S_q] (int64, lowest index on ties) of
     max_j <Q[b, i], C[b, j]> over unmasked j; masked or document-less query tokens get 0 and -1.
     Q [B|1, S_q, D], C [B|1, S_d, D]; a batch of 1 is broadcast (one query against many documents)."""

@@ -1,7 +1,6 @@
 """Set-based explanations: maxsim, bertscore (against the bert-score package), ot (against POT), alignment
 post-processing, batching, API option filtering and the CLI."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -55,7 +55,7 @@ class Sides:
 def embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size=64) -> Sides:
     a, b, n = broadcast_pairs(texts_a, texts_b)
     A = token_embeddings(enc_a, a, layer=layer, truncate=truncate, batch_size=batch_size)
-    B = token_embeddings(enc_b, b, layer=layer if layer is not None else None, truncate=truncate,
+    B = token_embeddings(enc_b, b, layer=layer, truncate=truncate,
                          batch_size=batch_size)
     if A.embeddings.shape[-1] != B.embeddings.shape[-1]:
         raise SimattrError(f"the two towers give token embeddings of different widths {A.embeddings.shape[-1]} and "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
