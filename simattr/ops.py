@@ -12,7 +12,11 @@ import os
 from typing import Tuple
 
 #: device type -> whether "auto" uses the compiled kernel there (set from benchmarks/bench_maxsim.py figures)
-AUTO_KERNEL = {"cuda": True, "cpu": False}
+AUTO_KERNEL = {"cuda": True, "cpu": True}
+#: on CPU, "auto" takes the C++ kernel only when at most this share of the padded B x Sq x Sd score grid is unmasked:
+#: it skips masked tokens (2.4x faster than PyTorch on ragged lengths) but its micro-kernel is slower than MKL's
+#: bmm on full, unpadded batches (0.8x); see benchmarks/RESULTS_setbased.md
+AUTO_CPP_MAX_DENSITY = 0.6
 MAXSIM_BACKENDS = ("auto", "torch", "cpp", "triton")
 
 
@@ -53,7 +57,8 @@ def _maxsim_info() -> dict:
            "triton": {"available": tri["available"] and torch.cuda.is_available(),
                       "reason": tri["reason"] if not torch.cuda.is_available() or not tri["available"]
                       else "Triton kernel on CUDA"}}
-    out["auto_cpu"] = "cpp" if cpp_ok and AUTO_KERNEL["cpu"] else "torch"
+    out["auto_cpu"] = (f"cpp when at most {AUTO_CPP_MAX_DENSITY:.0%} of the padded score grid is unmasked, else torch"
+                       if cpp_ok and AUTO_KERNEL["cpu"] else "torch")
     out["auto_cuda"] = ("triton" if out["triton"]["available"] and AUTO_KERNEL["cuda"] else "torch") \
         if torch.cuda.is_available() else "torch (no CUDA device)"
     return out
@@ -152,8 +157,20 @@ def _prepare(Q, C, Qmask, Cmask):
     return Q, C, Qmask, Cmask, B
 
 
-def choose_maxsim_backend(device_type: str, dtype, backend: str = "auto") -> str:
-    """The backend `maxsim` runs for tensors on `device_type` of `dtype` (raises if a named one cannot run)."""
+def mask_density(Q, C, Qmask=None, Cmask=None) -> float:
+    """Share of the padded B x Sq x Sd grid whose query and document tokens are both unmasked."""
+    Q, C, Qmask, Cmask, B = _prepare(Q, C, Qmask, Cmask)
+    total = B * Q.shape[1] * C.shape[1]
+    if total == 0:
+        return 1.0
+    nq = Qmask.sum(-1).expand(B).double()
+    nd = Cmask.sum(-1).expand(B).double()
+    return float((nq * nd).sum()) / total
+
+
+def choose_maxsim_backend(device_type: str, dtype, backend: str = "auto", density: float = 1.0) -> str:
+    """The backend `maxsim` runs for tensors on `device_type` of `dtype` whose masks keep `density` of the score
+    grid (raises if a named backend cannot run)."""
     import torch
     from .errors import SimattrError
     if backend not in MAXSIM_BACKENDS:
@@ -174,7 +191,8 @@ def choose_maxsim_backend(device_type: str, dtype, backend: str = "auto") -> str
         return "triton"
     if device_type == "cuda" and AUTO_KERNEL["cuda"] and _triton_usable():
         return "triton"
-    if device_type == "cpu" and AUTO_KERNEL["cpu"] and dtype == torch.float32 and _has_cpp_maxsim():
+    if (device_type == "cpu" and AUTO_KERNEL["cpu"] and dtype == torch.float32 and density <= AUTO_CPP_MAX_DENSITY
+            and _has_cpp_maxsim()):
         return "cpp"
     return "torch"
 
@@ -185,7 +203,8 @@ def maxsim(Q, C, Qmask=None, Cmask=None, backend: str = "auto") -> Tuple:
     Q [B|1, S_q, D], C [B|1, S_d, D]; a batch of 1 is broadcast (one query against many documents)."""
     import torch
     Q, C, Qmask, Cmask, B = _prepare(Q, C, Qmask, Cmask)
-    which = choose_maxsim_backend(Q.device.type, Q.dtype, backend)
+    density = mask_density(Q, C, Qmask, Cmask) if backend == "auto" and Q.device.type == "cpu" else 1.0
+    which = choose_maxsim_backend(Q.device.type, Q.dtype, backend, density)
     if which == "torch":
         return maxsim_torch(Q, C, Qmask, Cmask)
     if which == "cpp":

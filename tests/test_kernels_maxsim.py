@@ -60,6 +60,8 @@ def triton_maxsim():
 
 
 def _cpp_available():
+    if os.environ.get("SIMATTR_NO_EXT") == "1":
+        return False
     try:
         importlib.import_module("simattr._C")
     except ImportError:
@@ -180,10 +182,13 @@ def test_dispatch_and_errors():
         with pytest.raises(ValueError):
             ops.maxsim(Q, C, backend="triton")
     info = ops.backend_info()["maxsim"]
-    assert info["auto_cpu"] in ("cpp", "torch") and info["torch"]["available"]
+    assert info["torch"]["available"]
     assert info["cpp"]["available"] == _cpp_available()
     if _cpp_available():
-        assert ops.choose_maxsim_backend("cpu", torch.float32) == ("cpp" if ops.AUTO_KERNEL["cpu"] else "torch")
+        assert ops.choose_maxsim_backend("cpu", torch.float32, density=1.0) == "torch"
+        assert ops.choose_maxsim_backend("cpu", torch.float32, density=0.3) == ("cpp" if ops.AUTO_KERNEL["cpu"] else "torch")
+    qm = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    assert abs(ops.mask_density(Q, C, qm, None) - (2 * 4 + 1 * 4) / (2 * 3 * 4)) < 1e-12
 
 
 def test_torch_path_chunks_agree():

@@ -277,4 +277,4 @@ def test_cli(capsys):
     assert "does not take option 'steps'" in capsys.readouterr().err
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert "maxsim" in info and info["maxsim"]["auto_cpu"] in ("cpp", "torch")
+    assert "maxsim" in info and "auto_cpu" in info["maxsim"]

@@ -98,7 +98,8 @@ def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[in
     table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, idf, refs)
     wa = sb.pad_rows([sb.token_weights(enc_a, t, table_a) for t in A.tokens])
     wb = sb.pad_rows([sb.token_weights(enc_b, t, table_b) for t in B.tokens])
-    which = ops.choose_maxsim_backend(A.embeddings.device.type, torch.float32, backend)
+    which = ops.choose_maxsim_backend(A.embeddings.device.type, torch.float32, backend,
+                                      ops.mask_density(A.embeddings, B.embeddings, A.mask, B.mask))
     res = bertscore_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, backend=which)
     seconds = time.perf_counter() - t0
     out = []

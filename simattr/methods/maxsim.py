@@ -56,7 +56,7 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
         raise SimattrError("a query has no token left (special=False on a text of special tokens only?)")
     if not bool(cmask.any(-1).all()):
         raise SimattrError("a document has no token left after the skiplist")
-    which = ops.choose_maxsim_backend(Q.device.type, Q.dtype, backend)
+    which = ops.choose_maxsim_backend(Q.device.type, Q.dtype, backend, ops.mask_density(Q, C, qmask, cmask))
     scores, values, index = maxsim_batch(Q, qmask, C, cmask, backend=which)
     seconds = time.perf_counter() - t0
     out = []
