@@ -154,12 +154,19 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         for key, val in info.items():
-            if isinstance(val, dict):
+            if key == "maxsim":
+                for name, sub in val.items():
+                    if isinstance(sub, dict):
+                        state = "available" if sub.get("available") else "unavailable"
+                        print(f"{'maxsim ' + name:>14}: {state} ({sub['reason']})")
+                    else:
+                        print(f"{'maxsim ' + name:>14}: {sub}")
+            elif isinstance(val, dict):
                 state = "available" if val.get("available") else "unavailable"
                 why = f" ({val['reason']})" if val.get("reason") else ""
-                print(f"{key:>12}: {state}{why}")
+                print(f"{key:>14}: {state}{why}")
             else:
-                print(f"{key:>12}: {val}")
+                print(f"{key:>14}: {val}")
     return 0
 
 
