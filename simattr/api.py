@@ -1,12 +1,13 @@
 """Public API: `explain(a, b, model=None, method="ij", **options)` and `Explainer`, which keeps models loaded."""
 from __future__ import annotations
 
+import inspect
 import math
 
 from .encoders import Encoder, load_encoder
 from .errors import SimattrError
 from .explanation import Explanation
-from .methods import METHODS
+from .methods import BATCH_METHODS, METHODS
 
 #: Captum-style names accepted as aliases of simattr's own option names
 ALIASES = {"n_steps": "steps", "baselines": "reference", "internal_batch_size": "internal_batch_size",
@@ -27,6 +28,28 @@ def _normalise_options(options: dict) -> dict:
     return out
 
 
+def method_options(fn) -> set:
+    """Keyword options a method function accepts (None: any, it takes **options)."""
+    params = list(inspect.signature(fn).parameters.values())[4:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def select_options(method: str, fn, options: dict, soft: dict = None) -> dict:
+    """The options to pass to `fn`: every explicit option must be accepted (else SimattrError naming it); `soft`
+    options (defaults of a front end such as the CLI) are passed only where the method takes them."""
+    accepted = method_options(fn)
+    if accepted is not None:
+        unknown = sorted(k for k in options if k not in accepted)
+        if unknown:
+            raise SimattrError(f"method {method!r} does not take option{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(accepted)) or 'none'}")
+    out = {k: v for k, v in (soft or {}).items() if accepted is None or k in accepted}
+    out.update(options)
+    return out
+
+
 class Explainer:
     """Keeps one encoder (or a query and a document encoder) loaded across many explanations.
 
@@ -43,24 +66,50 @@ class Explainer:
         self.encoder_b: Encoder = self.encoder_a if model_b is None else load_encoder(model_b, **kw)
         self.defaults = _normalise_options(defaults)
 
-    def explain(self, a, b, method: str = None, **options) -> Explanation:
-        opts = {**self.defaults, **_normalise_options(options)}
-        method = method or opts.pop("method", "ij")
+    def explain(self, a, b, method: str = None, *, soft_options: dict = None, **options) -> Explanation:
+        """Explain a and b with `method`. `soft_options`: defaults applied only if the method takes them (the CLI
+        passes its defaults this way); an explicit option the method does not take raises SimattrError."""
+        opts = _normalise_options(options)
+        method = method or opts.pop("method", None) or self.defaults.get("method", "ij")
         opts.pop("method", None)
         if method not in METHODS:
             raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        soft = {k: v for k, v in self.defaults.items() if k != "method"}
+        soft.update(_normalise_options(soft_options or {}))
         for name, text in (("a", a), ("b", b)):
             if not isinstance(text, str):
                 raise SimattrError(f"text {name} must be a string, got {type(text).__name__}")
             if not text.strip():
                 raise SimattrError(f"text {name} is empty")
         fn = METHODS[method]
+        opts = select_options(method, fn, opts, soft)
         try:
             return fn(self.encoder_a, self.encoder_b, a, b, **opts)
         except TypeError as exc:
             if "unexpected keyword argument" in str(exc):
                 raise SimattrError(f"method {method!r} does not take option {str(exc).split('argument')[-1].strip()}") from None
             raise
+
+    def explain_many(self, a, b, method: str = "maxsim", *, soft_options: dict = None, **options) -> list:
+        """Explanations of many pairs: a and b lists of equal length, or one text on a side against a list on the
+        other (one query against many documents). Batched in one pass for maxsim, bertscore and ot; other methods
+        explain pair by pair."""
+        a_list = [a] if isinstance(a, str) else list(a)
+        b_list = [b] if isinstance(b, str) else list(b)
+        if len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
+            raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, or one text "
+                               f"on a side")
+        if method not in METHODS:
+            raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        if method in BATCH_METHODS:
+            fn = BATCH_METHODS[method]
+            soft = {k: v for k, v in self.defaults.items() if k != "method"}
+            soft.update(_normalise_options(soft_options or {}))
+            opts = select_options(method, fn, _normalise_options(options), soft)
+            return fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts)
+        n = max(len(a_list), len(b_list))
+        return [self.explain(a_list[0 if len(a_list) == 1 else k], b_list[0 if len(b_list) == 1 else k],
+                             method=method, soft_options=soft_options, **options) for k in range(n)]
 
 
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:

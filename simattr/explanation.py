@@ -50,6 +50,8 @@ class Explanation:
     def format(self, top: int = 10, max_tokens: int = 24) -> str:
         """A readable report: score, checks, the matrix (if small) and the strongest interactions."""
         lines = [f"method: {self.method}   score: {self.score:.6f}   sum(A): {self.total:.6f}"]
+        if isinstance(self.extras.get("scores"), dict):
+            lines.append("scores: " + "  ".join(f"{k}={v:.6f}" for k, v in self.extras["scores"].items()))
         if self.terms:
             lines.append("terms:  " + "  ".join(f"{k}={v:.6f}" for k, v in self.terms.items()))
         if self.error is not None:

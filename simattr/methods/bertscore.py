@@ -1,0 +1,153 @@
+"""BERTScore (Zhang, Kishore, Wu, Weinberger & Artzi 2020): greedy cosine matching of token embeddings.
+
+Text a is the candidate, text b the reference. With S[i, j] = cos(a_i, b_j) at one layer,
+    P = Σ_i w_i max_j S[i, j] / Σ_i w_i,   R = Σ_j w_j max_i S[i, j] / Σ_j w_j,   F = 2PR / (P + R),
+w = 1 (idf=None) or idf weights from a corpus; [CLS]/[SEP] get weight 0 exactly as in the `bert-score` package (they
+still take part in the matching as targets, as there). Optional baseline rescaling x → (x − b) / (1 − b) with a
+user-given baseline (P, R, F) or a bert-score baseline file. With the same model and layer the scores equal
+`bert_score.score(..., num_layers=layer)`: `layer` counts like bert-score's `num_layers` (default: the last).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..align import postprocess
+from ..errors import SimattrError
+from ..explanation import Explanation
+from . import _setbased as sb
+
+
+def bertscore_batch(Ca: Tensor, Camask: Tensor, wa: Tensor, Rb: Tensor, Rbmask: Tensor, wb: Tensor,
+                    backend: str = "auto"):
+    """Batched BERTScore over padded token embeddings: dict of precision, recall, f1 [N] and the greedy matches.
+
+    Ca [N|1, n, D] candidate tokens, Rb [N|1, m, D] reference tokens (normalised here), masks bool, weights
+    wa/wb [.., S] (idf or 1, 0 for [CLS]/[SEP]). The two greedy matchings are MaxSim in both directions, so they
+    run on the MaxSim kernels (`backend`)."""
+    Ca, Rb = sb.l2(Ca.float()), sb.l2(Rb.float())
+    pv, pi = ops.maxsim(Ca, Rb, Camask, Rbmask, backend=backend)
+    rv, ri = ops.maxsim(Rb, Ca, Rbmask, Camask, backend=backend)
+    N = pv.shape[0]
+    wa = (wa.double().to(pv.device) * Camask.to(pv.device)).expand(N, -1)
+    wb = (wb.double().to(pv.device) * Rbmask.to(pv.device)).expand(N, -1)
+    sa, swb = wa.sum(1), wb.sum(1)
+    if bool((sa <= 0).any()) or bool((swb <= 0).any()):
+        raise SimattrError("the token weights of a text sum to 0 (idf over too small a corpus?); give a larger idf "
+                           "corpus")
+    P = (pv.double() * wa).sum(1) / sa
+    R = (rv.double() * wb).sum(1) / swb
+    F = 2 * P * R / (P + R)
+    F = torch.nan_to_num(F, nan=0.0)
+    return {"precision": P, "recall": R, "f1": F, "precision_match": (pv, pi), "recall_match": (rv, ri),
+            "weights_a": wa / sa[:, None], "weights_b": wb / swb[:, None]}
+
+
+def read_baseline(baseline, layer: int):
+    """(P, R, F) from a 3-sequence, a dict with precision/recall/f1 (or P/R/F), or a bert-score baseline file
+    (CSV with columns LAYER,P,R,F: the row of `layer`)."""
+    if baseline is None:
+        return None
+    if isinstance(baseline, dict):
+        keys = [("precision", "P"), ("recall", "R"), ("f1", "F")]
+        try:
+            return tuple(float(baseline[k] if k in baseline else baseline[s]) for k, s in keys)
+        except KeyError:
+            raise SimattrError("a baseline dict needs precision, recall and f1 (or P, R, F)") from None
+    if isinstance(baseline, (str, bytes)) or hasattr(baseline, "__fspath__"):
+        import csv
+        from pathlib import Path
+        path = Path(baseline)
+        if not path.is_file():
+            raise SimattrError(f"baseline file {str(path)!r} not found")
+        with path.open() as fh:
+            rows = list(csv.reader(fh))
+        body = [r for r in rows[1:] if r]
+        if layer >= len(body):
+            raise SimattrError(f"baseline file {str(path)!r} has no row for layer {layer}")
+        return tuple(float(x) for x in body[layer][1:4])
+    try:
+        vals = tuple(float(x) for x in baseline)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3:
+        raise SimattrError("baseline must be (P, R, F), a dict or a bert-score baseline file")
+    return vals
+
+
+def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = None, idf=None,
+                           baseline=None, truncate: bool = False, backend: str = "auto", units: str = "token",
+                           aggregate: str = "max", batch_size: int = 64) -> list:
+    """One Explanation per (candidate a, reference b) pair; one text on a side is broadcast.
+
+    idf: None (uniform), True (idf over the references texts_b, like bert_score's idf=True), a list of corpus
+    texts, or a dict {token id or token: weight}."""
+    t0 = time.perf_counter()
+    sb.check_backend(backend)
+    if units not in ("token", "word"):
+        raise SimattrError(f"units must be 'token' or 'word', got {units!r}")
+    sides = sb.embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size)
+    A, B = sides.A, sides.B
+    base = read_baseline(baseline, A.layer)
+    refs = [t.text for t in B.tokens]
+    table_a = sb.resolve_idf(enc_a, idf, refs)
+    table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, idf, refs)
+    wa = sb.pad_rows([sb.token_weights(enc_a, t, table_a) for t in A.tokens])
+    wb = sb.pad_rows([sb.token_weights(enc_b, t, table_b) for t in B.tokens])
+    which = ops.choose_maxsim_backend(A.embeddings.device.type, torch.float32, backend,
+                                      ops.mask_density(A.embeddings, B.embeddings, A.mask, B.mask))
+    res = bertscore_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, backend=which)
+    seconds = time.perf_counter() - t0
+    out = []
+    for k in range(sides.n):
+        ta, tb = A.tokens[sides.ia(k)], B.tokens[sides.ib(k)]
+        a = sb.l2(A.embeddings[sides.ia(k), : ta.length].double())
+        b = sb.l2(B.embeddings[sides.ib(k), : tb.length].double())
+        S = (a @ b.T).cpu().numpy()
+        la, lb = list(ta.tokens), list(tb.tokens)
+        raw = {key: float(res[key][k]) for key in ("precision", "recall", "f1")}
+        scores = dict(raw)
+        if base is not None:
+            scores = {key: (raw[key] - bv) / (1 - bv) for key, bv in zip(("precision", "recall", "f1"), base)}
+        pv, pi = (t[k, : ta.length].cpu() for t in res["precision_match"])
+        rv, ri = (t[k, : tb.length].cpu() for t in res["recall_match"])
+        w_a = res["weights_a"][k, : ta.length].cpu().numpy()
+        w_b = res["weights_b"][k, : tb.length].cpu().numpy()
+        p_pairs = [(i, int(pi[i])) for i in range(ta.length) if pi[i] >= 0]
+        r_pairs = [(int(ri[j]), j) for j in range(tb.length) if ri[j] >= 0]
+        settings = {"layer": A.layer, "idf": _describe_idf(idf), "baseline": list(base) if base else None,
+                    "backend": which, "candidate": "a", "reference": "b", "model_a": enc_a.describe(),
+                    "model_b": enc_b.describe() if enc_b is not enc_a else "same", "device": str(A.embeddings.device)}
+        extras = {"scores": scores,
+                  "alignment": {"precision": sb.pairs_list(la, lb, S, p_pairs, weight=[w_a[i] for i, _ in p_pairs]),
+                                "recall": sb.pairs_list(la, lb, S, r_pairs, weight=[w_b[j] for _, j in r_pairs])},
+                  "weights_a": w_a.tolist(), "weights_b": w_b.tolist(),
+                  "token_info": sb.token_info(ta, tb), "seconds": seconds / sides.n}
+        if base is not None:
+            extras["raw_scores"] = raw
+        ex = Explanation(method="bertscore", matrix=S, tokens_a=la, tokens_b=lb, score=scores["f1"],
+                         settings=settings, extras=extras)
+        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
+    return out
+
+
+def _describe_idf(idf):
+    if idf is None or idf is False:
+        return None
+    if idf is True:
+        return "references"
+    if isinstance(idf, dict):
+        return f"dict of {len(idf)} weights"
+    return f"corpus of {len(idf)} texts"
+
+
+def explain_bertscore(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional[int] = None, idf=None,
+                      baseline=None, truncate: bool = False, backend: str = "auto", units: str = "token",
+                      aggregate: str = "max") -> Explanation:
+    """BERTScore of candidate a against reference b; see the module docstring."""
+    return explain_bertscore_many(enc_a, enc_b, [text_a], [text_b], layer=layer, idf=idf, baseline=baseline,
+                                  truncate=truncate, backend=backend, units=units, aggregate=aggregate)[0]
