@@ -52,6 +52,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--reference", default="pad", help="'pad' (default), 'zero', or a reference text")
     e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
     e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse"])
+    e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
+                   help="fused attention kernel (auto: on CUDA with Triton) or eager math")
     e.add_argument("--max-memory", default=None, help="working-memory budget, e.g. 4GB")
     e.add_argument("--batch-size", type=int, default=None, help="tangents x path nodes per chunk")
     e.add_argument("--device", default=None)
@@ -91,7 +93,7 @@ _OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "quadrature":
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",
-                 "aggregate": "aggregate", "backend": "backend"}
+                 "aggregate": "aggregate", "backend": "backend", "attention": "attention"}
 
 
 def _method_options(args, argv):
