@@ -63,6 +63,16 @@ class Explainer:
             raise
 
 
+def method_options(method: str):
+    """Names of the keyword options a method takes (None for an unknown method)."""
+    import inspect
+
+    fn = METHODS.get(method)
+    if fn is None:
+        return None
+    return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:
     """Explain the similarity of texts a and b: a token-by-token matrix whose sum decomposes the similarity."""
     load_keys = ("model_b", "pooling", "tokenizer", "device", "dtype", "max_length")

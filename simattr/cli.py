@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="model directory or name (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--model-b", default=None, help="a second tower for text B (query/document encoders)")
     e.add_argument("--pooling", default=None, choices=["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"])
-    e.add_argument("--method", default="ij")
+    e.add_argument("--method", default="ij", help="ij (default) or bilrp")
     e.add_argument("--layer", type=int, default=0, help="attribute at the input of this block (0: embeddings)")
     e.add_argument("--steps", type=_steps, default=50, help="path steps, or 'auto'")
     e.add_argument("--tol", type=float, default=1e-4, help="completeness tolerance for --steps auto")
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sim", default="cosine", choices=["cosine", "dot"])
     e.add_argument("--reference", default="pad", help="'pad' (default), 'zero', or a reference text")
     e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
+    e.add_argument("--rule", default="cp", choices=["cp", "attnlrp"],
+                   help="bilrp: LRP rule set (cp: CP-LRP, attention probabilities constant; attnlrp: AttnLRP)")
     e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse"])
     e.add_argument("--max-memory", default=None, help="working-memory budget, e.g. 4GB")
     e.add_argument("--batch-size", type=int, default=None, help="tangents x path nodes per chunk")
@@ -58,18 +60,42 @@ def _explain(args) -> int:
 
     from .api import Explainer
 
+    opts = dict(layer=args.layer, steps=args.steps, tol=args.tol, quadrature=args.quadrature, units=args.units,
+                sim=args.sim, reference=args.reference, exact=args.exact, mode=args.mode, rule=args.rule,
+                max_memory=args.max_memory, internal_batch_size=args.batch_size, truncate=args.truncate)
+    opts = _applicable(args.method, opts)  # before loading the model: a wrong option fails fast
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
                    max_length=args.max_length)
-    opts = dict(layer=args.layer, steps=args.steps, tol=args.tol, quadrature=args.quadrature, units=args.units,
-                sim=args.sim, reference=args.reference, exact=args.exact, mode=args.mode,
-                max_memory=args.max_memory, internal_batch_size=args.batch_size, truncate=args.truncate)
     result = ex.explain(args.text_a, args.text_b, method=args.method, **opts)
     if args.json:
         print(result.to_json())
     else:
         print(result.format(top=args.top))
     return 0
+
+
+#: option name -> (argparse dest, flag) where they differ from the option name
+_FLAGS = {"internal_batch_size": ("batch_size", "--batch-size")}
+
+
+def _applicable(method: str, opts: dict) -> dict:
+    """The options the method takes. Options it does not take are dropped when left at their defaults and an
+    error when given explicitly (e.g. --steps with --method bilrp)."""
+    from .api import method_options
+
+    accepted = method_options(method)
+    if accepted is None:  # unknown method: the API names the choices
+        return opts
+    defaults = vars(_parser().parse_args(["explain", "", ""]))
+    out = {}
+    for key, value in opts.items():
+        dest, flag = _FLAGS.get(key, (key, "--" + key.replace("_", "-")))
+        if key in accepted:
+            out[key] = value
+        elif value != defaults.get(dest):
+            raise SimattrError(f"option {flag} does not apply to method {method!r}")
+    return out
 
 
 def _info(args) -> int:
