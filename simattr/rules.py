@@ -13,7 +13,8 @@ Rules (one layer, pure functions of the layer's input):
                     AttnLRP keeps the softmax gradient and splits both bilinear products (QK^T, PV) 1/2-1/2
 Linear layers, residual sums and pooling keep their plain gradient.
 
-Composite (`applied`): which module gets which rule: `nn.LayerNorm` / RMS norms, activation modules (the
+Composite (`applied`): which module gets which rule: `nn.LayerNorm` / `*RMSNorm` norms (any other `*Norm`
+module is an error, not a silent plain gradient), activation modules (the
 `transformers.activations` classes and torch's element-wise activations), gated MLPs (ModernBERT `Wi/act/Wo`)
 and attention. Attention reaches us through the transformers attention registry (a private implementation
 name, registered with the eager mask format, switched on in `config._attn_implementation` for the duration)
@@ -231,8 +232,8 @@ def is_rms_norm(m: nn.Module) -> bool:
 
 
 def is_layer_norm(m: nn.Module) -> bool:
-    return isinstance(m, nn.LayerNorm) or (type(m).__name__.endswith("LayerNorm") and hasattr(m, "weight")
-                                           and not is_rms_norm(m))
+    # only torch's LayerNorm (and subclasses): a custom `*LayerNorm` may be an RMS norm (T5), so it is an error
+    return isinstance(m, nn.LayerNorm)
 
 
 def assign(root: nn.Module, rule: str) -> list:

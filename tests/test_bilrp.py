@@ -101,12 +101,12 @@ def test_engine_modes_agree_with_per_dimension_loop_minilm(explainer, rule):
     for mode in ("forward", "reverse"):
         Gs[mode] = engine_G(enc, A, 0, "cosine", rule, mode, batch_size=5 if mode == "forward" else None)
         np.testing.assert_allclose(Gs[mode][dims].numpy(), G_loop.numpy(), atol=1e-5)
+    np.testing.assert_allclose(Gs["forward"].numpy(), Gs["reverse"].numpy(), atol=1e-5)
     # the explanation is G_a^T G_b of those G's
     Gb = engine_G(enc, B, 0, "cosine", rule, "forward")
-    for mode in ("forward", "reverse"):
-        e = explainer.explain(A, B, method="bilrp", sim="cosine", rule=rule, mode=mode)
-        assert e.settings["mode"] == [mode, mode]
-        np.testing.assert_allclose(e.matrix, (Gs[mode].T @ Gb).numpy(), atol=1e-5)
+    e = explainer.explain(A, B, method="bilrp", sim="cosine", rule=rule, mode="forward")
+    assert e.settings["mode"] == ["forward", "forward"]
+    np.testing.assert_allclose(e.matrix, (Gs["forward"].T @ Gb).numpy(), atol=1e-5)
     # the rules matter: plain gradient x input differs
     with enc.prepared():
         tokens = enc.tokenize(A)
@@ -116,7 +116,7 @@ def test_engine_modes_agree_with_per_dimension_loop_minilm(explainer, rule):
     assert float(((g * x).sum(-1)[0].double() - G_loop[1]).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("rule", ["cp", "attnlrp"])
+@pytest.mark.parametrize("rule", ["cp"])  # AttnLRP: rows on MiniLM above
 def test_whole_matrix_matches_per_dimension_loop_tiny_model(tokenizer, rule):
     enc = simattr.Encoder(tiny_model("bert"), tokenizer, pooling="mean")
     A_loop = (brute_force_G(enc, A, 1, "dot", rule).T @ brute_force_G(enc, B, 1, "dot", rule)).numpy()
@@ -264,14 +264,14 @@ def test_callable_encoder_is_refused(tokenizer):
 
 
 def test_cli(capsys):
-    assert cli_main(["explain", A, B, "--method", "bilrp", "--sim", "dot", "--json"]) == 0
     import json
-    out = json.loads(capsys.readouterr().out)
-    assert out["method"] == "bilrp" and out["sim"] == "dot" and out["rule"] == "cp"
-    assert abs(out["total"] - out["terms"]["decomposed"]) == pytest.approx(out["error"])
-    assert cli_main(["explain", A, B, "--method", "bilrp", "--rule", "attnlrp", "--layer", "2"]) == 0
-    assert "method: bilrp" in capsys.readouterr().out
     # an option that does not apply to BiLRP, given explicitly, is an error (not silently ignored)
     assert cli_main(["explain", A, B, "--method", "bilrp", "--steps", "20"]) == 2
     assert "does not apply" in capsys.readouterr().err
     assert cli_main(["explain", A, B, "--method", "ij", "--rule", "attnlrp"]) == 2
+    assert cli_main(["explain", A, B, "--method", "bilrp", "--sim", "dot", "--rule", "attnlrp", "--layer", "2",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "bilrp" and out["sim"] == "dot" and out["rule"] == "attnlrp"
+    assert out["settings"]["layer"] == 2
+    assert abs(out["total"] - out["terms"]["decomposed"]) == pytest.approx(out["error"])

@@ -74,6 +74,14 @@ def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) ->
     return f_cos
 
 
+def check_value(modified: Tensor, plain: Tensor, tol: float = 1e-3):
+    """The rules change derivatives only: the modified network must give the model's own embedding."""
+    gap = float((modified.double() - plain.double()).norm() / plain.double().norm().clamp_min(1e-30))
+    if not gap <= tol:
+        raise SimattrError(f"the BiLRP rules changed the model's output (relative difference {gap:.2e}): a module "
+                           f"of this architecture is not handled correctly")
+
+
 def relevance(f: Callable, x: Tensor, units: Units, out_dim: int, p: engine.Plan) -> Tensor:
     """G [D, U]: gradient x input of f at x, summed over the hidden features of each unit."""
     return engine.path_attribution(f, x, torch.zeros_like(x), [0.0], [1.0], units.matrix, out_dim, p, tangent=x)
@@ -107,6 +115,7 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
                 with torch.no_grad():
                     fmod = f(side.x)[0]
                 state.check_attention(side.encoder.num_layers)
+                check_value(fmod, side.fx)
                 shape = engine.Shape.of(side.encoder, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
                 p = engine.plan(len(side.units), 1, shape, mode=mode, budget=budget,
                                 batch_size=internal_batch_size, device=side.x.device)
