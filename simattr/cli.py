@@ -39,9 +39,9 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="model directory or name (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--model-b", default=None, help="a second tower for text B (query/document encoders)")
     e.add_argument("--pooling", default=None, choices=["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"])
-    e.add_argument("--method", default="ij", help="ij (default), maxsim, bertscore or ot")
+    e.add_argument("--method", default="ij", help="ij (default), bilrp, maxsim, bertscore or ot")
     e.add_argument("--layer", type=int, default=None,
-                   help="ij: attribute at the input of this block (default 0: embeddings); maxsim/bertscore/ot: "
+                   help="ij/bilrp: attribute at the input of this block (default 0: embeddings); maxsim/bertscore/ot: "
                         "token embeddings after this many blocks (default: the last layer)")
     e.add_argument("--steps", type=_steps, default=50, help="path steps, or 'auto'")
     e.add_argument("--tol", type=float, default=1e-4, help="completeness tolerance for --steps auto")
@@ -51,6 +51,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--sim", default="cosine", choices=["cosine", "dot"])
     e.add_argument("--reference", default="pad", help="'pad' (default), 'zero', or a reference text")
     e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
+    e.add_argument("--rule", default="cp", choices=["cp", "attnlrp"],
+                   help="bilrp: LRP rule set (cp: CP-LRP, attention probabilities constant; attnlrp: AttnLRP)")
     e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse"])
     e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
                    help="fused attention kernel (auto: on CUDA with Triton) or eager math")
@@ -93,7 +95,7 @@ _OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "quadrature":
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",
-                 "aggregate": "aggregate", "backend": "backend", "attention": "attention"}
+                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule"}
 
 
 def _method_options(args, argv):
@@ -135,11 +137,16 @@ def _explain(args, argv=None) -> int:
 
     from .api import Explainer
 
+    from .api import select_options
+    from .methods import METHODS
+
+    explicit, soft = _method_options(args, argv)
+    explicit.pop("method", None)
+    if args.method in METHODS:  # before loading the model: an option the method does not take fails fast
+        select_options(args.method, METHODS[args.method], explicit)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
                    max_length=args.max_length)
-    explicit, soft = _method_options(args, argv)
-    explicit.pop("method", None)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
     if args.json:
         print(result.to_json())

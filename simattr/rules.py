@@ -1,0 +1,389 @@
+"""LRP rules as modified gradients, zennit-style: rules, a composite that assigns them, and canonizers.
+
+Every rule is written as a function whose *value* is the layer's usual output and whose *derivative* is the
+LRP rule's (`detach()` removes a factor from the derivative, in reverse mode and in `torch.func.jvp` alike).
+Gradient x input of the modified network then is the LRP relevance (Ali et al. 2022; Achtibat et al. 2024).
+
+Rules (one layer, pure functions of the layer's input):
+  norm_rule         LayerNorm with the standard deviation held constant:  (x - mean) / std.detach() * w + b
+  rms_rule          RMSNorm with the RMS held constant
+  identity_rule     element-wise activations:  x * (act(x) / x).detach()   (value kept exactly; x = 0 safe)
+  gate_product      a gated product g(x) * v(x) (GLU MLPs): CP-LRP holds the gate constant, AttnLRP splits 1/2-1/2
+  attention         scaled dot-product attention: CP-LRP (AH rule) holds the attention probabilities constant;
+                    AttnLRP keeps the softmax gradient and splits both bilinear products (QK^T, PV) 1/2-1/2
+Linear layers, residual sums and pooling keep their plain gradient.
+
+Composite (`applied`): which module gets which rule: `nn.LayerNorm` / `*RMSNorm` norms (any other `*Norm`
+module is an error, not a silent plain gradient), activation modules (the
+`transformers.activations` classes and torch's element-wise activations), gated MLPs (ModernBERT `Wi/act/Wo`)
+and attention. Attention reaches us through the transformers attention registry (a private implementation
+name, registered with the eager mask format, switched on in `config._attn_implementation` for the duration)
+or, for families that compute attention inline (MPNet's `q/k/v/o` self-attention), through a canonizer hook
+that recomputes the module's output with the rule. Everything is undone when the context exits.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .errors import SimattrError
+
+RULES = ("cp", "attnlrp")
+
+
+# ====================================================================== rules: pure functions
+def keep_value(modified: Tensor, value: Tensor) -> Tensor:
+    """`value` in the forward pass, the derivative of `modified` in both AD modes."""
+    return modified + (value - modified).detach()
+
+
+def identity_rule(act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """act(x) with derivative act(x)/x (the LRP identity rule for element-wise activations).
+
+    Where |x| is (numerically) zero the ratio is set to 0; the output value stays act(x) exactly.
+    """
+    y = act(x)
+    nonzero = x.abs() > torch.finfo(x.dtype).tiny ** 0.5
+    ratio = torch.where(nonzero, y / torch.where(nonzero, x, torch.ones_like(x)), torch.zeros_like(x))
+    return keep_value(x * ratio.detach(), y)
+
+
+def norm_rule(x: Tensor, shape, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    """LayerNorm over the last len(shape) dims with the standard deviation detached (mean kept)."""
+    dims = tuple(range(-len(shape), 0))
+    centred = x - x.mean(dims, keepdim=True)
+    std = (centred.pow(2).mean(dims, keepdim=True) + eps).sqrt()
+    y = centred / std.detach()
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def rms_rule(x: Tensor, weight: Optional[Tensor], eps: float, offset: float = 0.0) -> Tensor:
+    """RMSNorm with the root mean square detached."""
+    rms = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    y = x / rms.detach()
+    return y * (weight + offset) if weight is not None else y
+
+
+def uniform_product(a: Tensor, b: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """op(a, b) (bilinear) with half of the relevance to each operand: ½ op(a, b̄) + ½ op(ā, b)."""
+    return 0.5 * op(a, b.detach()) + 0.5 * op(a.detach(), b)
+
+
+def gate_product(gate: Tensor, value: Tensor, rule: str) -> Tensor:
+    """gate * value for gated MLPs: CP-LRP holds the gate constant (like the attention probabilities),
+    AttnLRP splits the product uniformly."""
+    if rule == "cp":
+        return gate.detach() * value
+    return uniform_product(gate, value, torch.mul)
+
+
+def _repeat_heads(t: Tensor, heads: int) -> Tensor:
+    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
+
+
+def attention(rule: str, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], scaling: float) -> Tensor:
+    """softmax(q kᵀ · scaling + mask) v  [N, heads, S, d] under the rule.
+
+    cp: the attention probabilities are constants (computed from detached q, k: no tangent work for them).
+    attnlrp: softmax keeps its gradient (the AttnLRP softmax rule is gradient x input of the softmax), and both
+    matrix products split their relevance uniformly between the operands.
+    """
+    key, value = _repeat_heads(key, query.shape[1]), _repeat_heads(value, query.shape[1])
+    wide = torch.promote_types(query.dtype, torch.float32)
+    if rule == "cp":
+        scores = torch.matmul(query.detach(), key.detach().transpose(-1, -2)) * scaling
+    else:
+        scores = uniform_product(query, key.transpose(-1, -2), torch.matmul) * scaling
+    if mask is not None:
+        scores = scores + mask
+    probs = torch.softmax(scores.to(wide), dim=-1).to(query.dtype)
+    if rule == "cp":
+        return torch.matmul(probs.detach(), value)
+    return uniform_product(probs, value, torch.matmul)
+
+
+# ====================================================================== rules bound to modules (hooks)
+class Rule:
+    """What one module propagates: `output(module, args, kwargs, original_output)` -> replacement output."""
+
+    def output(self, module: nn.Module, args: tuple, kwargs: dict, out):
+        raise NotImplementedError
+
+    def hook(self, module: nn.Module, counter: "Counter"):
+        def fn(mod, args, kwargs, out):
+            counter.add(type(self).__name__)
+            return self.output(mod, args, kwargs, out)
+        return module.register_forward_hook(fn, with_kwargs=True)
+
+
+def _first(args, kwargs, *names):
+    if args:
+        return args[0]
+    for n in names:
+        if n in kwargs:
+            return kwargs[n]
+    raise SimattrError(f"cannot find the input of a module among its arguments {list(kwargs)}")
+
+
+class NormRule(Rule):
+    """nn.LayerNorm (and LayerNorm-like modules with weight/bias/eps): standard deviation held constant."""
+
+    def output(self, m, args, kwargs, out):
+        x = _first(args, kwargs, "input", "hidden_states", "x")
+        shape = getattr(m, "normalized_shape", (x.shape[-1],))
+        eps = getattr(m, "eps", None) or getattr(m, "variance_epsilon", 1e-12)
+        return norm_rule(x, shape, getattr(m, "weight", None), getattr(m, "bias", None), eps)
+
+
+class RMSNormRule(Rule):
+    """RMSNorm (torch's and `*RMSNorm` modules): root mean square held constant."""
+
+    def output(self, m, args, kwargs, out):
+        x = _first(args, kwargs, "input", "hidden_states", "x")
+        eps = getattr(m, "eps", None) or getattr(m, "variance_epsilon", None) or torch.finfo(x.dtype).eps
+        return rms_rule(x, getattr(m, "weight", None), eps).to(out.dtype)
+
+
+class ActivationRule(Rule):
+    """Element-wise activation modules: the identity rule x * (act(x)/x).detach()."""
+
+    def output(self, m, args, kwargs, out):
+        x = _first(args, kwargs, "input", "x", "hidden_states")
+        return identity_rule(lambda _: out, x)  # the module's own output is act(x)
+
+
+class GatedMLPRule(Rule):
+    """Canonizer for GLU MLPs (ModernBERT: `input, gate = Wi(h).chunk(2); Wo(drop(act(input) * gate))`):
+    identity rule on the activation and the rule set's gate product."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def output(self, m, args, kwargs, out):
+        h = _first(args, kwargs, "hidden_states", "input", "x")
+        inp, gate = m.Wi(h).chunk(2, dim=-1)
+        act = identity_rule(m.act, inp)
+        drop = getattr(m, "drop", None) or (lambda t: t)
+        return m.Wo(drop(gate_product(act, gate, self.rule)))
+
+
+class InlineAttentionRule(Rule):
+    """Canonizer for self-attention computed inline by a module with `q, k, v, o` linear maps (MPNet):
+    recomputes softmax(q kᵀ/√d + position_bias + mask) v with the rule, then `o`."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def output(self, m, args, kwargs, out):
+        names = ("hidden_states", "attention_mask", "position_bias")
+        given = dict(zip(names, args))
+        given.update({k: v for k, v in kwargs.items() if k in names})
+        h = given["hidden_states"]
+        mask, bias = given.get("attention_mask"), given.get("position_bias")
+        d = m.attention_head_size
+        split = lambda t: t.view(*h.shape[:-1], -1, d).transpose(1, 2)
+        q, k, v = split(m.q(h)), split(m.k(h)), split(m.v(h))
+        extra = None
+        for t in (bias, mask):
+            if t is not None:
+                extra = t if extra is None else extra + t
+        c = attention(self.rule, q, k, v, extra, 1.0 / math.sqrt(d))
+        c = c.transpose(1, 2).reshape(*h.shape[:-1], -1)
+        o = m.o(c)
+        return (o,) + tuple(out[1:]) if isinstance(out, tuple) else o
+
+
+# ====================================================================== module matching (the composite)
+def _activation_types() -> tuple:
+    import transformers.activations as acts
+    skip = {"LinearActivation", "ClassInstantier"}
+    hf = tuple(v for k, v in vars(acts).items()
+               if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == acts.__name__ and k not in skip)
+    torch_acts = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
+                  nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.ReLU6, nn.Tanhshrink, nn.Softsign,
+                  nn.LogSigmoid)
+    return hf + torch_acts
+
+
+def is_gated_mlp(m: nn.Module) -> bool:
+    wi, wo = getattr(m, "Wi", None), getattr(m, "Wo", None)
+    return (isinstance(wi, nn.Linear) and isinstance(wo, nn.Linear) and isinstance(getattr(m, "act", None), nn.Module)
+            and wi.out_features == 2 * wo.in_features)
+
+
+def is_inline_attention(m: nn.Module) -> bool:
+    return (all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q", "k", "v", "o"))
+            and hasattr(m, "attention_head_size"))
+
+
+def is_rms_norm(m: nn.Module) -> bool:
+    return isinstance(m, getattr(nn, "RMSNorm", ())) or type(m).__name__.endswith("RMSNorm")
+
+
+def is_layer_norm(m: nn.Module) -> bool:
+    # only torch's LayerNorm (and subclasses): a custom `*LayerNorm` may be an RMS norm (T5), so it is an error
+    return isinstance(m, nn.LayerNorm)
+
+
+def assign(root: nn.Module, rule: str) -> list:
+    """(module, Rule) pairs for every module of `root` that the rule set modifies. Modules inside a module
+    handled by a canonizer (the activation of a gated MLP) are left to that canonizer."""
+    acts = _activation_types()
+    pairs, covered = [], set()
+    for name, m in root.named_modules():
+        if id(m) in covered:
+            continue
+        if is_gated_mlp(m):
+            pairs.append((m, GatedMLPRule(rule)))
+            covered.update(id(c) for c in m.modules())
+        elif is_inline_attention(m):
+            pairs.append((m, InlineAttentionRule(rule)))
+            covered.update(id(c) for c in m.modules())
+        elif is_rms_norm(m):
+            pairs.append((m, RMSNormRule()))
+        elif is_layer_norm(m):
+            pairs.append((m, NormRule()))
+        elif isinstance(m, acts):
+            pairs.append((m, ActivationRule()))
+            covered.update(id(c) for c in m.modules())
+        elif "Norm" in type(m).__name__ and not isinstance(m, (nn.Identity,)) and not any(True for _ in m.children()):
+            raise SimattrError(f"BiLRP has no rule for the normalisation module {name or 'root'} "
+                               f"({type(m).__name__})")
+    return pairs
+
+
+# ====================================================================== attention through the registry
+class Counter:
+    """How often each rule ran (to check that the rules reached every block)."""
+
+    def __init__(self):
+        self.counts: dict = {}
+        self._lock = threading.Lock()
+
+    def add(self, what: str, n: int = 1):
+        with self._lock:
+            self.counts[what] = self.counts.get(what, 0) + n
+
+    def get(self, what: str) -> int:
+        return self.counts.get(what, 0)
+
+    def reset(self):
+        with self._lock:
+            self.counts.clear()
+
+    @property
+    def attention(self) -> int:
+        return self.get("attention") + self.get("InlineAttentionRule")
+
+
+_names = itertools.count()
+
+
+def _attention_function(rule: str, counter: Counter):
+    """An attention implementation with the transformers signature (module, q, k, v, mask, scaling, dropout)."""
+
+    def fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        counter.add("attention")
+        if dropout and module.training:
+            raise SimattrError("BiLRP needs the model in eval mode (attention dropout is active)")
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        mask = attention_mask
+        if mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min)
+        out = attention(rule, query, key, value, mask, scale)
+        return out.transpose(1, 2).contiguous(), None
+    return fn
+
+
+@contextlib.contextmanager
+def _registry(configs: list, rule: str, counter: Counter):
+    """Register a private attention implementation (eager mask format) and switch the configs to it."""
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    name = f"simattr_bilrp_{rule}_{next(_names)}"
+    AttentionInterface.register(name, _attention_function(rule, counter))
+    AttentionMaskInterface.register(name, eager_mask)
+    saved = [(c, c._attn_implementation) for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = name
+        yield name
+    finally:
+        for c, old in saved:
+            c._attn_implementation = old
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+def _configs(roots) -> list:
+    seen, out = set(), []
+    for root in roots:
+        for m in root.modules():
+            c = getattr(m, "config", None)
+            if c is not None and hasattr(c, "_attn_implementation") and id(c) not in seen:
+                seen.add(id(c))
+                out.append(c)
+    return out
+
+
+@dataclass
+class Applied:
+    """What `applied` installed: the rule set, the (module, rule) pairs and the run counter."""
+
+    rule: str
+    pairs: list
+    counter: Counter = field(default_factory=Counter)
+
+    def check_attention(self, blocks: int, forwards: int = 1):
+        """Raise if fewer attention calls than `blocks` per forward went through a rule."""
+        if blocks and self.counter.attention < blocks * forwards:
+            raise SimattrError(f"the BiLRP attention rule reached {self.counter.attention} of {blocks * forwards} "
+                               f"attention layers: this architecture computes attention in a way simattr does "
+                               f"not know (neither the transformers attention registry nor q/k/v/o modules)")
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise SimattrError(f"unknown BiLRP rule {rule!r}; choose one of {', '.join(RULES)}")
+    return rule
+
+
+@contextlib.contextmanager
+def applied(roots, rule: str = "cp"):
+    """Apply the rule set to every module of `roots` (models and heads) while the context is open.
+
+    Installs forward hooks (norms, activations, canonizers) and the attention rule; on exit every hook is
+    removed, the configs' attention implementation restored and the registry entries deleted.
+    """
+    check_rule(rule)
+    roots = [r for r in roots if isinstance(r, nn.Module)]
+    unique, seen = [], set()
+    for r in roots:
+        if id(r) not in seen:
+            seen.add(id(r))
+            unique.append(r)
+    state = Applied(rule, [])
+    for r in unique:
+        state.pairs.extend(assign(r, rule))
+    handles = []
+    try:
+        with _registry(_configs(unique), rule, state.counter):
+            for m, r in state.pairs:
+                handles.append(r.hook(m, state.counter))
+            yield state
+    finally:
+        for h in handles:
+            h.remove()
