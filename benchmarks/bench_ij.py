@@ -23,10 +23,10 @@ sys.path.insert(0, ROOT)
 
 TEXTS = {
     "short": ("A man plays guitar.", "Someone plays music."),
-    "medium": ("The committee approved the new budget after a long debate about funding for public schools, "
-               "roads and the city's aging water system.",
-               "After hours of discussion, council members passed a spending plan that increases money for "
-               "education and infrastructure repairs."),
+    "medium": ("The city council approved the new annual budget late on Tuesday evening after a long and heated "
+               "debate about funding for public schools, local roads, city parks and the aging water system.",
+               "After many hours of discussion, the members of the city council finally passed a spending plan that "
+               "increases the money available for education, infrastructure repairs, parks and other public services."),
 }
 _LONG_A = ("The history of the city begins with a small settlement on the river, where traders exchanged grain, "
            "salt and cloth. ")
