@@ -53,7 +53,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
     e.add_argument("--rule", default="cp", choices=["cp", "attnlrp"],
                    help="bilrp: LRP rule set (cp: CP-LRP, attention probabilities constant; attnlrp: AttnLRP)")
-    e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse"])
+    e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse", "cross"])
     e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
                    help="fused attention kernel (auto: on CUDA with Triton) or eager math")
     e.add_argument("--max-memory", default=None, help="working-memory budget, e.g. 4GB")

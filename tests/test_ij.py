@@ -219,3 +219,17 @@ def test_fused_attention_gives_the_same_matrix(explainer):
     assert explainer.encoder_a.model.config._attn_implementation == "eager"
     with pytest.raises(simattr.SimattrError, match="attention"):
         explainer.explain(A, B, steps=2, attention="flash")
+
+
+def test_cross_mode_equals_per_side(explainer):
+    """Forward on the short side, VJPs with its G columns on the long side: the same matrix, fewer passes."""
+    short, long = "a cat", "the small dog ran quickly across the wide green park near the river"
+    for a, b in ((short, long), (long, short)):
+        cross = explainer.explain(a, b, steps=4)  # auto picks cross: one side has >= 2x the units
+        per_side = explainer.explain(a, b, steps=4, mode="forward")
+        assert "cross-reverse" in [p["mode"] for p in cross.extras["plans"]]
+        assert cross.matrix.shape == per_side.matrix.shape == (len(per_side.tokens_a), len(per_side.tokens_b))
+        np.testing.assert_allclose(cross.matrix, per_side.matrix, atol=1e-6)
+        assert cross.error == pytest.approx(per_side.error, abs=1e-6)
+    forced = explainer.explain(A, B, steps=4, mode="cross")
+    np.testing.assert_allclose(forced.matrix, explainer.explain(A, B, steps=4).matrix, atol=1e-6)

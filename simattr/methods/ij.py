@@ -116,18 +116,23 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
         if steps == "auto":
             steps, history = choose_steps(a, b, rule, tol, shapes, budget)
         al, w = paths.nodes(rule, int(steps))
-        Gs, plans = [], []
-        for side, shape in zip((a, b), shapes):
-            p = engine.plan(len(side.units), len(al), shape, mode=mode, budget=budget,
-                            batch_size=internal_batch_size, device=side.x.device)
-            G = engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D, p)
-            Gs.append(G)
-            plans.append(p.as_dict())
-    A = (Gs[0].T.double() @ Gs[1].double())
+        pair_mode = choose_pair_mode(mode, len(a.units), len(b.units), D)
+        if pair_mode == "cross":
+            A, Gs, plans = cross_mode(a, b, shapes, al, w, D, budget, internal_batch_size)
+        else:
+            Gs, plans = [], []
+            for side, shape in zip((a, b), shapes):
+                p = engine.plan(len(side.units), len(al), shape, mode=mode, budget=budget,
+                                batch_size=internal_batch_size, device=side.x.device)
+                G = engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D, p)
+                Gs.append(G)
+                plans.append(p.as_dict())
+            A = (Gs[0].T.double() @ Gs[1].double())
     terms, target = similarity_terms(a, b, exact)
     score = float((a.fx.double() * b.fx.double()).sum())
     total = float(A.sum())
-    completeness = [float((G.sum(1).double() - (s.fx - s.fr).double()).norm()) for G, s in zip(Gs, (a, b))]
+    completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
+                    for G, s in zip(Gs, (a, b))]
     settings = {"layer": layer, "steps": int(steps), "quadrature": rule, "sim": sim, "exact": exact,
                 "reference": _describe(reference), "units": units if isinstance(units, str) else "spans",
                 "mode": [p["mode"] for p in plans], "tol": tol if history else None,
@@ -139,6 +144,44 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
     extras = {k: v for k, v in extras.items() if v is not None}
     return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
                        score=score, terms=terms, error=abs(total - target), settings=settings, extras=extras)
+
+
+def choose_pair_mode(mode: str, units_a: int, units_b: int, out_dim: int) -> str:
+    """"cross" when asked, or in "auto" when one side has at least twice the units of the other (a short query
+    against a long document): 2·min(U_a, U_b) passes instead of U_a + U_b (or D per side in reverse mode)."""
+    if mode not in engine.PAIR_MODES:
+        raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
+    if mode == "cross":
+        return "cross"
+    small, large = sorted((units_a, units_b))
+    if mode == "auto" and small <= out_dim and large >= 2 * small:
+        return "cross"
+    return "per-side"
+
+
+def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, batch_size):
+    """A without the larger side's G: forward mode gives G_small [D, U_s]; VJPs on the large side with the columns
+    of G_small as cotangents give M[j, u] = Σ_n w_n ⟨J_large(x_n)ᵀ G_small[:, j], T_u⟩ = (G_smallᵀ G_large)[j, u]."""
+    small_is_a = len(a.units) <= len(b.units)
+    (s_side, s_shape), (l_side, l_shape) = ((a, shapes[0]), (b, shapes[1])) if small_is_a else \
+        ((b, shapes[1]), (a, shapes[0]))
+    p_s = engine.plan(len(s_side.units), len(alphas), s_shape, mode="forward", budget=budget, batch_size=batch_size,
+                      device=s_side.x.device)
+    G_s = engine.path_attribution(s_side.f, s_side.r, s_side.delta, alphas, weights, s_side.units.matrix, D, p_s)
+    p_l = engine.plan(D + 1, len(alphas), l_shape, mode="reverse", budget=budget, batch_size=batch_size,
+                      device=l_side.x.device)
+    p_l.reason = f"cross mode: {G_s.shape[1]} cotangents (the other side's G columns) instead of {D}"
+    M = engine.reverse_mode(l_side.f, l_side.r, l_side.delta,
+                            torch.as_tensor(alphas, dtype=torch.float64, device=l_side.x.device),
+                            torch.as_tensor(weights, dtype=torch.float64, device=l_side.x.device),
+                            l_side.units.matrix, D, p_l, cotangents=G_s.T)  # [U_s, U_l]
+    engine._check_finite(M, "the attribution (cross mode)")
+    A = M.double() if small_is_a else M.T.double()  # rows: units of a
+    p_s_d, p_l_d = p_s.as_dict(), p_l.as_dict()
+    p_l_d["mode"] = "cross-reverse"
+    Gs = [G_s, None] if small_is_a else [None, G_s]
+    plans = [p_s_d, p_l_d] if small_is_a else [p_l_d, p_s_d]
+    return A, Gs, plans
 
 
 def _describe(ref):
