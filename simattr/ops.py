@@ -3,7 +3,7 @@
 `maxsim(Q, C, Qmask, Cmask, backend="auto")` is the batched masked MaxSim (max and argmax per query token) used by
 the set-based methods: "triton" (kernels/maxsim.py, CUDA tensors), "cpp" (simattr._C, CPU float32) or "torch"
 (reference: one bmm, chunked over the batch). "auto" picks a kernel only where it was measured faster than the
-PyTorch path (benchmarks/RESULTS_setbased.md): see `AUTO_KERNEL`.
+PyTorch path (benchmarks/RESULTS.md): see `AUTO_KERNEL`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Tuple
 AUTO_KERNEL = {"cuda": False, "cpu": True}
 #: on CPU, "auto" takes the C++ kernel only when at most this share of the padded B x Sq x Sd score grid is unmasked:
 #: it skips masked tokens (2.4x faster than PyTorch on ragged lengths) but its micro-kernel is slower than MKL's
-#: bmm on full, unpadded batches (0.8x); see benchmarks/RESULTS_setbased.md
+#: bmm on full, unpadded batches (0.8x); see benchmarks/RESULTS.md
 AUTO_CPP_MAX_DENSITY = 0.6
 MAXSIM_BACKENDS = ("auto", "torch", "cpp", "triton")
 
