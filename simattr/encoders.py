@@ -218,8 +218,10 @@ class Encoder:
             raise SimattrError(f"layer must be an integer in [0, {self.num_layers - 1}] for this "
                                f"{self.num_layers}-block model, got {layer!r}")
 
-    def function(self, tokens: Tokens, layer: int, normalize: bool) -> Callable[[Tensor], Tensor]:
-        """f: x [N, S, H] at the input of block `layer` -> embedding [N, D] (L2-normalised if `normalize`)."""
+    def function(self, tokens: Tokens, layer: int, normalize: bool, own_norm: bool = True) -> Callable[[Tensor], Tensor]:
+        """f: x [N, S, H] at the input of block `layer` -> embedding [N, D] (L2-normalised if `normalize`, or if the
+        model ends with its own Normalize module and `own_norm`; a caller that treats the norm itself, like
+        BiLRP's rules, passes own_norm=False)."""
         self.check_layer(layer)
         slot = {}
         if layer == 0:
@@ -249,7 +251,7 @@ class Encoder:
                 handle.remove()
                 slot.clear()
             emb = self._head(hidden, tokens.attention_mask.expand(n, -1))
-            if normalize or self.normalized:  # cosine, or the model's own Normalize module
+            if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
                 emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return emb
 
@@ -329,7 +331,7 @@ class CallableEncoder(Encoder):
         ids = tokens.input_ids if input_ids is None else input_ids
         return self._embed(ids, tokens.attention_mask).detach()
 
-    def function(self, tokens, layer, normalize):
+    def function(self, tokens, layer, normalize, own_norm=True):
         self.check_layer(layer)
 
         def f(x):

@@ -160,8 +160,10 @@ def test_every_family_reaches_the_rules(tokenizer, family):
     enc = simattr.Encoder(model, tokenizer, pooling="mean")
     with enc.prepared(), rules.applied([model], "cp") as state:
         tokens = enc.tokenize(A)
-        enc.function(tokens, 0, False)(enc.hidden(tokens, 0))
-        assert state.counter.attention >= 2 * 2  # hidden() and function() both ran 2 blocks
+        x = enc.hidden(tokens, 0)  # stops at the embedding output: no block runs
+        assert state.counter.attention == 0
+        enc.function(tokens, 0, False)(x)
+        assert state.counter.attention >= 2  # function() ran both blocks through the rule
 
 
 # ---------------------------------------------------------------------------------------------- side effects

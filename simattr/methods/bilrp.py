@@ -64,9 +64,10 @@ def prepare_side(encoder: Encoder, text: str, layer: int, units, sim: str, trunc
 
 def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) -> Callable[[Tensor], Tensor]:
     """f̃: x -> embedding under the rules active around the call; for cosine, divided by the detached norm."""
-    f = encoder.function(tokens, layer, normalize=False)
-    if sim == "dot":
+    f = encoder.function(tokens, layer, normalize=False, own_norm=False)
+    if sim == "dot" and not encoder.normalized:
         return f
+    # cosine, or a model ending with its own Normalize module: the norm is held constant, like LayerNorm's std
 
     def f_cos(x: Tensor) -> Tensor:
         e = f(x)
