@@ -135,7 +135,8 @@ def worker(case: str, args) -> dict:
                 "engine_s": statistics.median(eng_t), "engine_runs": eng_t, "baseline_bytes": base,
                 "plans": units})
     cfg = enc.model.config
-    flops = sum(args.steps * (2 * (s - 2) + 1) * forward_flops(cfg, s) for s in S)  # JVPs ≈ 2 forwards + primal
+    # per node: one primal forward + one tangent pass (about a forward's FLOPs) per non-special unit
+    flops = sum(args.steps * ((s - 2) + 1) * forward_flops(cfg, s) for s in S)
     out["engine_gflops"] = flops / out["engine_s"] / 1e9
     if "per_side_forward_runs" in out:
         out["per_side_forward_s"] = statistics.median(out["per_side_forward_runs"])

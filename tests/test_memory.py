@@ -21,13 +21,16 @@ def test_512_tokens_within_a_small_budget(tokenizer):
     enc = _long_encoder(tokenizer)
     text = " ".join(["word"] * 510)
     assert enc.tokenize(text).length == 512
-    small = simattr.explain(text, "short text", model=enc, steps=1, max_memory="8MB")
-    big = simattr.explain(text, "short text", model=enc, steps=1, max_memory="4GB")
+    small = simattr.explain(text, "short text", model=enc, steps=1, max_memory="8MB", mode="reverse")
+    big = simattr.explain(text, "short text", model=enc, steps=1, max_memory="4GB", mode="reverse")
     plan_small, plan_big = small.extras["plans"][0], big.extras["plans"][0]
-    assert plan_small["mode"] == "reverse"  # 510 units > D = 32 output dimensions
+    assert plan_small["mode"] == "reverse"
     assert plan_small["estimated_bytes"] <= 8 << 20 or plan_small["unit_chunk"] * plan_small["node_chunk"] == 1
     assert plan_small["unit_chunk"] < plan_big["unit_chunk"]
     np.testing.assert_allclose(small.matrix, big.matrix, atol=1e-6)
+    cross = simattr.explain(text, "short text", model=enc, steps=1, max_memory="8MB")  # auto: 510 vs 2 units
+    assert cross.extras["plans"][0]["mode"] == "cross-reverse"
+    np.testing.assert_allclose(cross.matrix, big.matrix, atol=1e-6)
     mid = " ".join(["word"] * 62)
     fwd_small = simattr.explain(mid, "short text", model=enc, steps=2, max_memory="1MB", mode="forward")
     fwd_big = simattr.explain(mid, "short text", model=enc, steps=2, mode="forward")
