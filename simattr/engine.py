@@ -24,9 +24,10 @@ MODES = ("auto", "forward", "reverse")
 #: pair-level modes (methods/ij.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
 #: side with that side's G columns as cotangents: A directly, 2·min(U_a, U_b) passes instead of U_a + U_b
 PAIR_MODES = MODES + ("cross",)
-#: on the CPU, tangents x nodes per forward-mode chunk: larger batches only spill the caches (MiniLM, 28 tokens,
-#: 1 thread: 11.2 s at ~100 per chunk vs 14.4 s with all 560 at once; 19.6 s at 13)
-CPU_FORWARD_CHUNK = 128
+#: on the CPU, tokens (tangents x nodes x sequence length) per forward-mode chunk: larger batches only spill the
+#: caches (MiniLM, 28 tokens, 1 thread: 11.2 s at ~100 sequences per chunk vs 14.4 s with all 560 at once and
+#: 19.6 s at 13; 7 tokens: 2.0 s with all 250 at once vs 3.0 s at 50)
+CPU_FORWARD_TOKENS = 4096
 
 
 @dataclass
@@ -133,7 +134,7 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
         per = shape.forward_element()
         elems = batch_size or max(1, budget // per)
         if batch_size is None and torch.device(device).type == "cpu":
-            elems = min(elems, max(CPU_FORWARD_CHUNK, 1))
+            elems = min(elems, max(1, CPU_FORWARD_TOKENS // shape.seq))
         u_c = max(1, min(n_units, elems))
         n_c = max(1, min(n_nodes, elems // u_c))
         est = u_c * n_c * per
