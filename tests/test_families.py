@@ -59,3 +59,14 @@ def test_callable_encoder(tokenizer):
     e2 = simattr.explain(A, B, model=enc, steps=64, mode="reverse")
     np.testing.assert_allclose(e.matrix, e2.matrix, atol=1e-10)
     assert e.error < 1e-3
+
+
+def test_bfloat16_accumulates_in_float32(family_encoder):
+    """Half-precision models run; G accumulates in float32 and agrees with the float32 model."""
+    enc16 = simattr.load_encoder(family_encoder("bert"), dtype=torch.bfloat16)
+    e16 = simattr.explain(A, B, model=enc16, steps=16, mode="forward")
+    e32 = simattr.explain(A, B, model=family_encoder("bert"), steps=16, mode="forward")
+    assert e16.settings["dtype"] == "bfloat16"
+    assert np.isfinite(e16.matrix).all()
+    scale = np.abs(e32.matrix).max()
+    assert np.abs(e16.matrix - e32.matrix).max() < 0.1 * scale
