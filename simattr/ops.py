@@ -79,9 +79,22 @@ def backend_info() -> dict:
         "triton": _triton(),
         "extension": _extension(),
         "maxsim": _maxsim_info(),
-        "attention": {"available": True, "reason": "eager (math) attention: forward-mode AD everywhere"},
+        "attention": _attention_info(),
         "threads": torch.get_num_threads(),
     }
+
+
+def _attention_info() -> dict:
+    """Which attention the IJ engine uses with attention="auto"."""
+    import torch
+    try:
+        from kernels.attention_jvp import HAS_TRITON
+    except ImportError as exc:  # pragma: no cover - kernels/ ships with the package
+        return {"available": False, "reason": f"kernels.attention_jvp not importable ({exc}); eager math attention"}
+    if torch.cuda.is_available() and HAS_TRITON:
+        return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
+    why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
+    return {"available": False, "reason": f"{why}: eager math attention (forward-mode AD through PyTorch ops)"}
 
 
 # ---------------------------------------------------------------------- MaxSim dispatch
