@@ -65,9 +65,10 @@ class Explanation:
                 lines.append(f"{t[:11]:>11} " + "".join(f"{v:>{w}.3f}" for v in row))
         else:
             lines.append(f"matrix: {m.shape[0]} x {m.shape[1]} (use --json for all values)")
-        lines.append(f"strongest {min(top, m.size)} interactions:")
+        lines.append(f"strongest {min(top, m.size)} interactions (token (position)):")
         for it in self.top_interactions(top):
-            lines.append(f"  {it['token_a']:>15} <-> {it['token_b']:<15} {it['value']:+.5f}")
+            left, right = f"{it['token_a']} ({it['i']})", f"{it['token_b']} ({it['j']})"
+            lines.append(f"  {left:>20} <-> {right:<20} {it['value']:+.5f}")
         return "\n".join(lines)
 
     def __str__(self):
