@@ -428,18 +428,25 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = 
     return out, stats
 
 
-def attention_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Optional[Tensor], dk: Optional[Tensor],
-                      dv: Optional[Tensor], mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                      out: Optional[Tensor] = None, stats: Optional[Tensor] = None, constant_softmax: bool = False,
-                      backend: str = "auto", fp32_precision: Optional[str] = None, **tiles) -> Tensor:
-    """dO [T, B, H, S_q, d] for tangents [T, B, H, S, d] (None = zero tangent), given the primal's `out` and `stats`
-    from `attention_forward` (one launch for all T; both None: recomputed online by each tangent program)."""
+def _common_args(q, k, v, mask, scale, dq, dk, constant_softmax):
+    """Checked shapes, the scale (default d^-1/2), the mask as [B, 1|H, S_q, S_k] and, for the CP rule, no q/k
+    tangents (the softmax is constant)."""
     _check(q, k, v)
     B, H, SQ, D = q.shape
     scale = D ** -0.5 if scale is None else float(scale)
     mask = as_4d_mask(mask, B, SQ, k.shape[2])
     if constant_softmax:
         dq = dk = None
+    return scale, mask, dq, dk
+
+
+def attention_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Optional[Tensor], dk: Optional[Tensor],
+                      dv: Optional[Tensor], mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                      out: Optional[Tensor] = None, stats: Optional[Tensor] = None, constant_softmax: bool = False,
+                      backend: str = "auto", fp32_precision: Optional[str] = None, **tiles) -> Tensor:
+    """dO [T, B, H, S_q, d] for tangents [T, B, H, S, d] (None = zero tangent), given the primal's `out` and `stats`
+    from `attention_forward` (one launch for all T; both None: recomputed online by each tangent program)."""
+    scale, mask, dq, dk = _common_args(q, k, v, mask, scale, dq, dk, constant_softmax)
     tans = [t for t in (dq, dk, dv) if t is not None]
     for t, ref in ((dq, q), (dk, k), (dv, v)):
         if t is not None and (t.dim() != 5 or t.shape[1:] != ref.shape):
@@ -472,12 +479,7 @@ def attention_jvp(q: Tensor, k: Tensor, v: Tensor, dq: Optional[Tensor] = None, 
     two_pass=True runs the primal kernel first and the tangent kernel with the known stats and O (what the
     autograd Function does). Tangents are [T, B, H, S, d]; None means a zero tangent.
     """
-    _check(q, k, v)
-    B, H, SQ, D = q.shape
-    scale = D ** -0.5 if scale is None else float(scale)
-    mask = as_4d_mask(mask, B, SQ, k.shape[2])
-    if constant_softmax:
-        dq = dk = None
+    scale, mask, dq, dk = _common_args(q, k, v, mask, scale, dq, dk, constant_softmax)
     if two_pass or not _use_triton(backend, q) or all(t is None for t in (dq, dk, dv)):
         out, stats = attention_forward(q, k, v, mask, scale, backend=backend, fp32_precision=fp32_precision, **tiles)
         if all(t is None for t in (dq, dk, dv)):

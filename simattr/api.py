@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 
 from .encoders import Encoder, load_encoder
 from .errors import SimattrError

@@ -10,8 +10,7 @@ is never stored. The planner picks the mode with fewer passes, and the chunk siz
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
