@@ -155,6 +155,13 @@ def _check_finite(t: Tensor, what: str):
         raise NumericalError(f"NaN or Inf in {what}: check the model, the dtype (fp16 overflows easily) and the inputs")
 
 
+def active_units(unit_matrix: Tensor, tangent: Tensor) -> list:
+    """Indices of the units whose tangent is not zero (special tokens under the pad reference at layer 0 have
+    none: their G columns are exactly zero and need no pass)."""
+    per_token = tangent[0].abs().sum(-1)  # [S]
+    return torch.nonzero(unit_matrix.to(per_token.device, per_token.dtype) @ per_token > 0).flatten().tolist()
+
+
 def _batched_jvp(f: Callable, xs: Tensor, tangents: Tensor) -> Tensor:
     """JVPs of f at the primal batch xs [n, S, H] for a stack of tangents [u, n, S, H] -> [u, n, D]."""
     return vmap(lambda t: jvp(f, (xs,), (t,))[1])(tangents)
@@ -168,7 +175,7 @@ def forward_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
     acc = torch.float64 if start.dtype == torch.float64 else torch.float32
     G = torch.zeros(out_dim, U, dtype=acc, device=start.device)
     um = unit_matrix.to(start.device, start.dtype)
-    active = [u for u in range(U) if bool((um[u].unsqueeze(-1) * tangent[0]).abs().sum() > 0)]
+    active = active_units(um, tangent)
     p.skipped_units = U - len(active)
     with torch.no_grad():
         for n0 in range(0, len(alphas), p.node_chunk):
@@ -221,12 +228,17 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
 
 
 def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights, unit_matrix: Tensor, out_dim: int,
-                     p: Plan, tangent: Optional[Tensor] = None) -> Tensor:
-    """Dispatch to forward or reverse mode. start, delta: [1, S, H]; alphas, weights: 1-D."""
-    alphas = torch.as_tensor(alphas, dtype=torch.float64)
-    weights = torch.as_tensor(weights, dtype=torch.float64)
-    fn = forward_mode if p.mode == "forward" else reverse_mode
-    G = fn(f, start, delta, alphas.to(start.device), weights.to(start.device), unit_matrix, out_dim, p, tangent)
+                     p: Plan, tangent: Optional[Tensor] = None, cotangents: Optional[Tensor] = None) -> Tensor:
+    """Dispatch to forward or reverse mode. start, delta: [1, S, H]; alphas, weights: 1-D.
+    `cotangents` [K, D] (reverse mode only) contracts with given rows instead of the one-hot e_k: [K, U]."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float64).to(start.device)
+    weights = torch.as_tensor(weights, dtype=torch.float64).to(start.device)
+    if p.mode == "forward":
+        if cotangents is not None:
+            raise ValueError("cotangents need reverse mode")
+        G = forward_mode(f, start, delta, alphas, weights, unit_matrix, out_dim, p, tangent)
+    else:
+        G = reverse_mode(f, start, delta, alphas, weights, unit_matrix, out_dim, p, tangent, cotangents)
     _check_finite(G, "the attribution (G)")
     return G
 

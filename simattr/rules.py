@@ -23,6 +23,7 @@ that recomputes the module's output with the rule. Everything is undone when the
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import itertools
 import math
@@ -114,11 +115,12 @@ def attention(rule: str, query: Tensor, key: Tensor, value: Tensor, mask: Option
 
 
 # ====================================================================== rules bound to modules (hooks)
-class Rule:
+class Rule(abc.ABC):
     """What one module propagates: `output(module, args, kwargs, original_output)` -> replacement output."""
 
+    @abc.abstractmethod
     def output(self, module: nn.Module, args: tuple, kwargs: dict, out):
-        raise NotImplementedError
+        """The replacement output: the module's value, with the rule's derivative."""
 
     def hook(self, module: nn.Module, counter: "Counter"):
         def fn(mod, args, kwargs, out):

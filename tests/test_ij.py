@@ -58,7 +58,6 @@ def test_completeness_at_defaults(explainer):
     assert e.matrix.shape == (len(e.tokens_a), len(e.tokens_b))
     assert e.tokens_a == explainer.encoder_a.tokenizer.convert_ids_to_tokens(
         explainer.encoder_a.tokenizer("A man is playing a guitar.")["input_ids"])
-    emb = simattr.encoders.pool  # score is the model's cosine similarity
     assert e.score == pytest.approx(t["s(a,b)"])
     top = e.top_interactions(3)
     assert len(top) == 3 and abs(top[0]["value"]) >= abs(top[1]["value"]) >= abs(top[2]["value"])
@@ -170,7 +169,7 @@ def _plain_hf():
 
 def test_asymmetric_towers(explainer, family_encoder):
     enc_b = family_encoder("bert", layers=2)
-    enc_b.model.config  # random tower with another hidden size: embedding sizes differ -> clear error
+    # a random tower with another hidden size: embedding sizes differ -> clear error
     with pytest.raises(simattr.SimattrError, match="different sizes"):
         simattr.Explainer(explainer.encoder_a, enc_b).explain(A, B, steps=2)
     a2, b2 = family_encoder("bert", seed=1), family_encoder("bert", seed=2)

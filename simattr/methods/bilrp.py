@@ -16,6 +16,7 @@ biases are zero; with biases a share of the relevance is absorbed by them (`cons
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,7 +100,7 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
     units_a, units_b = units if isinstance(units, tuple) else (units, units)
     budget = engine.parse_memory(max_memory)
     same = enc_b is enc_a
-    with enc_a.prepared(), (enc_b.prepared() if not same else _null()):
+    with enc_a.prepared(), (enc_b.prepared() if not same else nullcontext()):
         a = prepare_side(enc_a, text_a, layer, units_a, sim, truncate)
         b = prepare_side(enc_b, text_b, layer, units_b, sim, truncate)
         if a.fx.shape != b.fx.shape:
@@ -138,11 +139,3 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
     return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
                        score=score, terms={"decomposed": decomposed}, error=abs(total - decomposed),
                        settings=settings, extras=extras)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -5,7 +5,9 @@ G_side[k, u] = ∫₀¹ ⟨∂f_k(r + α(x − r))/∂x, (x − r)|_u⟩ dα,   
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,9 +101,9 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
     units_a, units_b = units if isinstance(units, tuple) else (units, units)
     normalize = sim == "cosine"
     budget = engine.parse_memory(max_memory)
-    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else _null()), \
+    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()), \
             attention_context(enc_a, attention) as attn_a, \
-            (attention_context(enc_b, attention) if enc_b is not enc_a else _null(attn_a)) as attn_b:
+            (attention_context(enc_b, attention) if enc_b is not enc_a else nullcontext(attn_a)) as attn_b:
         a = prepare_side(enc_a, text_a, layer, ref_a, units_a, normalize, truncate)
         b = prepare_side(enc_b, text_b, layer, ref_b, units_b, normalize, truncate)
         if a.fx.shape != b.fx.shape:
@@ -147,9 +149,8 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
 
 
 def active_units(side: Side) -> int:
-    """Units whose tangent is not zero (special tokens under the pad reference at layer 0 have none)."""
-    t = side.delta[0].abs().sum(-1)  # [S]
-    return int(((side.units.matrix.to(t.device, t.dtype) @ t) > 0).sum())
+    """Units of a side whose tangent is not zero (the passes the engine really does)."""
+    return len(engine.active_units(side.units.matrix, side.delta))
 
 
 def choose_pair_mode(mode: str, units_a: int, units_b: int, out_dim: int) -> str:
@@ -179,11 +180,8 @@ def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, b
     p_l = engine.plan(D + 1, len(alphas), l_shape, mode="reverse", budget=budget, batch_size=batch_size,
                       device=l_side.x.device)
     p_l.reason = f"cross mode: {G_s.shape[1]} cotangents (the other side's G columns) instead of {D}"
-    M = engine.reverse_mode(l_side.f, l_side.r, l_side.delta,
-                            torch.as_tensor(alphas, dtype=torch.float64, device=l_side.x.device),
-                            torch.as_tensor(weights, dtype=torch.float64, device=l_side.x.device),
-                            l_side.units.matrix, D, p_l, cotangents=G_s.T)  # [U_s, U_l]
-    engine._check_finite(M, "the attribution (cross mode)")
+    M = engine.path_attribution(l_side.f, l_side.r, l_side.delta, alphas, weights, l_side.units.matrix, D, p_l,
+                                cotangents=G_s.T)  # [U_s, U_l]
     A = M.double() if small_is_a else M.T.double()  # rows: units of a
     p_s_d, p_l_d = p_s.as_dict(), p_l.as_dict()
     p_l_d["mode"] = "cross-reverse"
@@ -213,33 +211,17 @@ def attention_context(encoder: Encoder, attention: str = "auto", constant_softma
         raise SimattrError(f"attention must be 'auto', 'fused' or 'eager', got {attention!r}")
     model = getattr(encoder, "model", None)
     if attention == "eager" or model is None or not hasattr(model, "config"):
-        return _null("eager")
+        return nullcontext("eager")
     from .. import attention as fused
     if not fused.supports_fused_attention(model):
-        return _null("eager")
+        return nullcontext("eager")
     if attention == "auto" and not (encoder.device.type == "cuda" and fused.HAS_TRITON):
-        return _null("eager")
-    return _entered(fused.fused_attention(model, constant_softmax=constant_softmax), "fused")
+        return nullcontext("eager")
+    return _yielding(fused.fused_attention(model, constant_softmax=constant_softmax), "fused")
 
 
-class _entered:
-    def __init__(self, ctx, value):
-        self.ctx, self.value = ctx, value
-
-    def __enter__(self):
-        self.ctx.__enter__()
-        return self.value
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
-
-
-class _null:
-    def __init__(self, value=None):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
+@contextlib.contextmanager
+def _yielding(ctx, value):
+    """Enter `ctx` and yield `value` (which attention is active)."""
+    with ctx:
+        yield value
