@@ -13,16 +13,16 @@ Sections (each in its own try/except: a crash prints its error and the run goes 
      extrapolated, see --steps-512); pairs/s, peak GPU memory, achieved FLOP/s vs H100 peaks;
   d. torch.profiler: top 15 ops by CUDA time for one IJ explanation (MiniLM, 64 tokens), fused on and off.
 
-The end-to-end section switches attention with `simattr.attention.fused_attention` wrapped around
-`Explainer.explain` (until the engine does it itself). Without the bundled MiniLM package (e.g. on a machine
+The end-to-end and profiler sections switch attention with the engine's own option
+(`explain(..., attention="eager" | "fused")`). Without the bundled MiniLM package (e.g. on a machine
 that cannot install it) it uses a random MiniLM-shaped BERT and a synthetic word-level tokenizer: the timings
 depend on the shapes only.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -45,19 +45,26 @@ def log(*a):
     print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
 
 
+@contextlib.contextmanager
+def guarded(label):
+    """Log and record an exception instead of raising it: one crash must not waste the run."""
+    try:
+        yield
+    except Exception as exc:
+        msg = f"{label} failed: {type(exc).__name__}: {exc}"
+        log(msg)
+        traceback.print_exc()
+        RESULTS["errors"].append(msg)
+    finally:
+        torch.cuda.empty_cache()
+
+
 def section(name):
     def wrap(fn):
         def run(*a, **kw):
             log(f"=== section {name}")
-            try:
+            with guarded(f"section {name}"):
                 fn(*a, **kw)
-            except Exception as exc:  # one crash must not waste the run
-                msg = f"section {name} failed: {type(exc).__name__}: {exc}"
-                log(msg)
-                traceback.print_exc()
-                RESULTS["errors"].append(msg)
-            finally:
-                torch.cuda.empty_cache()
         return run
     return wrap
 
@@ -234,7 +241,6 @@ def model_flops(model, S):
 @section("c: end to end")
 def end_to_end(args):
     import simattr
-    from simattr.attention import fused_attention
     enc, desc = minilm_encoder()
     RESULTS["c_model"] = desc
     sizes = [int(x) for x in args.e2e_tokens.split(",")] if args.e2e_tokens else \
@@ -244,29 +250,29 @@ def end_to_end(args):
         if time.time() - T0 > args.budget_s * 0.85:
             log("end-to-end section: time budget reached, skipping the rest")
             break
-        try:
+        with guarded(f"end-to-end {n} tokens"):
             if enc_i == "bert-base":
                 enc_i = bert_base_encoder(enc.tokenizer)
             ex = simattr.Explainer(enc_i)
             a, b = text_of(enc_i.tokenizer, n, 1), text_of(enc_i.tokenizer, n, 2)
-            kw = dict(steps=steps, mode="forward")
+            kw = dict(steps=steps, mode="forward")  # equal lengths: per-side forward mode
             row = {"model": enc_i.name, "tokens": n, "steps": steps}
             mats = {}
             for name in ("eager", "fused"):
-                ctx = fused_attention(enc_i.model) if name == "fused" else _null()
-                with ctx:
-                    # warm-up with the measured call itself: Triton specialises on integer arguments (strides,
-                    # sizes divisible by 16), so a different node batch can compile a new variant
-                    ex.explain(a, b, **kw)
-                    reps = 1 if n >= 256 else (3 if n >= 64 else 5)
-                    t, peak = time.perf_counter(), 0.0
-                    for _ in range(reps):
-                        e, pk = peak_mib(lambda: ex.explain(a, b, **kw))
-                        peak = max(peak, pk)
-                    sec = (time.perf_counter() - t) / reps
+                kw["attention"] = name  # the engine switches attention itself (auto = fused on CUDA)
+                # warm-up with the measured call itself: Triton specialises on integer arguments (strides,
+                # sizes divisible by 16), so a different node batch can compile a new variant
+                ex.explain(a, b, **kw)
+                reps = 1 if n >= 256 else (3 if n >= 64 else 5)
+                t, peak = time.perf_counter(), 0.0
+                for _ in range(reps):
+                    e, pk = peak_mib(lambda: ex.explain(a, b, **kw))
+                    peak = max(peak, pk)
+                sec = (time.perf_counter() - t) / reps
                 mats[name] = e.matrix
                 U = e.matrix.shape
-                flops = (U[0] + U[1]) * steps * 2 * model_flops(enc_i.model, n)
+                # per node: one primal forward + one tangent pass (about a forward's FLOPs) per unit
+                flops = (U[0] + U[1] + 2) * steps * model_flops(enc_i.model, n)
                 row.update({f"{name}_s_per_pair": sec, f"{name}_pairs_per_s": 1 / sec, f"{name}_peak_MiB": peak,
                             f"{name}_TFLOPs": flops / sec / 1e12, "units": list(U), "mode": e.settings["mode"]})
             row["speedup"] = row["eager_s_per_pair"] / row["fused_s_per_pair"]
@@ -277,21 +283,6 @@ def end_to_end(args):
                     row[f"{name}_pairs_per_s_at_50_steps"] = row[f"{name}_pairs_per_s"] * steps / 50
             RESULTS["c_end_to_end"].append(row)
             log({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-        except Exception as exc:
-            msg = f"end-to-end {n} tokens failed: {type(exc).__name__}: {exc}"
-            log(msg)
-            traceback.print_exc()
-            RESULTS["errors"].append(msg)
-        finally:
-            torch.cuda.empty_cache()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ------------------------------------------------------------------------------------------ d. profiler
@@ -300,18 +291,16 @@ def profile(args):
     import simattr
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
-    from simattr.attention import fused_attention
     enc, _ = minilm_encoder()
     ex = simattr.Explainer(enc)
     a, b = text_of(enc.tokenizer, 64, 3), text_of(enc.tokenizer, 64, 4)
     steps = 10 if args.quick else 50
     for name in ("fused", "eager"):
-        ctx = fused_attention(enc.model) if name == "fused" else _null()
-        with ctx:
-            ex.explain(a, b, steps=steps, mode="forward")  # warm-up = the profiled call (no compile inside)
-            with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                ex.explain(a, b, steps=steps, mode="forward")
-                torch.cuda.synchronize()
+        kw = dict(steps=steps, mode="forward", attention=name)
+        ex.explain(a, b, **kw)  # warm-up = the profiled call (no compile inside)
+        with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            ex.explain(a, b, **kw)
+            torch.cuda.synchronize()
         avg = prof.key_averages()
         for key in ("cuda_time_total", "device_time_total", "self_cuda_time_total"):
             try:
