@@ -75,6 +75,26 @@ def register() -> None:
             ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
 
 
+CHOICES = ("auto", "fused", "eager")
+
+
+def choose(encoder, attention: str = "auto") -> str:
+    """Which attention a method runs for `encoder`: "fused" or "eager".
+
+    attention: "auto" (fused on CUDA when Triton imports and the model dispatches through transformers' attention
+    registry; eager otherwise), "fused" (also on the CPU: the same autograd.Function over PyTorch math; eager for
+    models outside the registry, e.g. MPNet), "eager"."""
+    from .errors import SimattrError
+    if attention not in CHOICES:
+        raise SimattrError(f"attention must be 'auto', 'fused' or 'eager', got {attention!r}")
+    model = getattr(encoder, "model", None)
+    if attention == "eager" or model is None or not hasattr(model, "config") or not supports_fused_attention(model):
+        return "eager"
+    if attention == "auto" and not (encoder.device.type == "cuda" and HAS_TRITON):
+        return "eager"
+    return "fused"
+
+
 def supports_fused_attention(model: nn.Module) -> bool:
     """Whether the model's attention code dispatches through transformers' attention registry."""
     import inspect
@@ -103,13 +123,31 @@ def _set(model: nn.Module, name: Optional[str]) -> None:
             cfg._attn_implementation = name
 
 
+def current_backend() -> str:
+    """The fused-attention backend in effect ("auto", "triton" or "torch")."""
+    return _backend.get()
+
+
+@contextlib.contextmanager
+def kernel_backend(backend: str):
+    """Run the fused attention of every method (IJ, BiLRP) inside the block with `backend`: "auto", "triton"
+    (also on CPU tensors under TRITON_INTERPRET=1, for tests) or "torch" (the autograd.Function over PyTorch math)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'triton' or 'torch'")
+    token = _backend.set(backend)
+    try:
+        yield
+    finally:
+        _backend.reset(token)
+
+
 @contextlib.contextmanager
 def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: Optional[str] = None):
     """Run `model` (a HF PreTrainedModel, or an object with `.model`, e.g. a simattr Encoder) with fused attention.
 
     constant_softmax: derivatives treat the softmax as constant (CP-LRP); the forward values are unchanged.
-    backend: "auto" (default: the Triton kernel on CUDA when Triton imports, PyTorch math elsewhere),
-    "triton" or "torch". Models that do not dispatch through the registry (MPNet) are left as they are
+    backend: "auto" (the Triton kernel on CUDA when Triton imports, PyTorch math elsewhere), "triton" or "torch";
+    None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). Models that do not dispatch through the registry (MPNet) are left as they are
     (yielded unchanged). The previous implementation is restored on exit, also after an exception.
     """
     hf = getattr(model, "model", model) if not hasattr(model, "config") else model
@@ -120,7 +158,7 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
         return
     register()
     previous = hf.config._attn_implementation
-    token = _backend.set(backend or "auto")
+    token = _backend.set(backend or _backend.get())
     _set(hf, NAME_CONSTANT_SOFTMAX if constant_softmax else NAME)
     try:
         yield model
@@ -129,5 +167,5 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
         _backend.reset(token)
 
 
-__all__ = ["fused_attention", "register", "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX",
+__all__ = ["choose", "CHOICES", "fused_attention", "kernel_backend", "current_backend", "register", "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX",
            "EAGER_COMPATIBLE", "HAS_TRITON"]

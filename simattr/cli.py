@@ -56,6 +56,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse", "cross"])
     e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
                    help="fused attention kernel (auto: on CUDA with Triton) or eager math")
+    e.add_argument("--contraction", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
+                   help="ij/bilrp reverse mode: Jacobian-contraction kernel (auto: where measured faster)")
     e.add_argument("--max-memory", default=None, help="working-memory budget, e.g. 4GB")
     e.add_argument("--batch-size", type=int, default=None, help="tangents x path nodes per chunk")
     e.add_argument("--device", default=None)
@@ -95,7 +97,8 @@ _OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "quadrature":
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",
-                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule"}
+                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule",
+                 "contraction": "contraction"}
 
 
 def _method_options(args, argv):
@@ -163,19 +166,20 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         for key, val in info.items():
-            if key == "maxsim":
+            if key in ("maxsim", "contraction"):
                 for name, sub in val.items():
+                    label = f"{key} {name}"
                     if isinstance(sub, dict):
                         state = "available" if sub.get("available") else "unavailable"
-                        print(f"{'maxsim ' + name:>14}: {state} ({sub['reason']})")
+                        print(f"{label:>20}: {state} ({sub['reason']})")
                     else:
-                        print(f"{'maxsim ' + name:>14}: {sub}")
+                        print(f"{label:>20}: {sub}")
             elif isinstance(val, dict):
                 state = "available" if val.get("available") else "unavailable"
                 why = f" ({val['reason']})" if val.get("reason") else ""
-                print(f"{key:>14}: {state}{why}")
+                print(f"{key:>20}: {state}{why}")
             else:
-                print(f"{key:>14}: {val}")
+                print(f"{key:>20}: {val}")
     return 0
 
 

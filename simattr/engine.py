@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from . import contraction
 from .errors import NumericalError, SimattrError
 
 MODES = ("auto", "forward", "reverse")
@@ -79,6 +80,9 @@ class Plan:
     estimated_bytes: int
     reason: str
     skipped_units: int = 0
+    #: reverse mode: the Jacobian-contraction backend (simattr.contraction: "auto", "torch", "cpp", "triton", "cuda");
+    #: after the run, the one that ran (None in forward mode, which has no contraction)
+    contraction: Optional[str] = "auto"
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -177,6 +181,7 @@ def forward_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
     um = unit_matrix.to(start.device, start.dtype)
     active = active_units(um, tangent)
     p.skipped_units = U - len(active)
+    p.contraction = None
     with torch.no_grad():
         for n0 in range(0, len(alphas), p.node_chunk):
             a = alphas[n0:n0 + p.node_chunk].to(start.dtype)
@@ -195,6 +200,8 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
                  out_dim: int, p: Plan, tangent: Optional[Tensor] = None, cotangents: Optional[Tensor] = None) -> Tensor:
     """G [D, U] by one VJP per output dimension, contracted with the tangent per token, pooled into units.
 
+    Each chunk of gradients [k, n, S, H] is reduced by `simattr.contraction.contract` (node weights, features and
+    the tokens of each unit in one pass; backend `p.contraction`) and dropped.
     cotangents [K, D] (default: the identity, one-hot e_k) gives instead [K, U] = cotangentsᵀ-weighted rows:
     row j is Σ_n w_n ⟨J(x_n)ᵀ c_j, tangent|_u⟩ = (c_jᵀ G)[u] — with c_j the columns of the other side's G this is
     the token matrix itself, without this side's G (cross mode).
@@ -203,11 +210,19 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
     acc = torch.float64 if start.dtype == torch.float64 else torch.float32
     D = out_dim
     K = D if cotangents is None else cotangents.shape[0]
-    Gs = torch.zeros(K, start.shape[1], dtype=acc, device=start.device)
+    um = unit_matrix.to(start.device)
+    idx = contraction.unit_index(um)  # units pooled inside the contraction; else token columns, pooled at the end
+    pooled = idx is not None
+    n_out = um.shape[0] if pooled else start.shape[1]
+    if not pooled:
+        idx = torch.arange(start.shape[1], device=start.device)
+    backend = p.contraction or "auto"
+    p.contraction = contraction.choose_backend(start.device.type, backend)
+    Gs = torch.zeros(K, n_out, dtype=acc, device=start.device)
     t0 = tangent[0]
     for n0 in range(0, len(alphas), p.node_chunk):
         a = alphas[n0:n0 + p.node_chunk].to(start.dtype)
-        w = weights[n0:n0 + p.node_chunk].to(start.dtype)
+        w = weights[n0:n0 + p.node_chunk].to(acc)
         xs = (start + a.view(-1, 1, 1) * delta).detach()
         with torch.enable_grad():
             _, pullback = vjp(f, xs)
@@ -217,14 +232,14 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
                 if cotangents is None:
                     ks = torch.arange(k0, k1, device=start.device)
                     ct = torch.zeros(k1 - k0, n, D, dtype=start.dtype, device=start.device)
-                    ct[torch.arange(k1 - k0), :, ks] = w  # one-hot e_k scaled by the node weights
+                    ct[torch.arange(k1 - k0), :, ks] = 1  # one-hot e_k at every node
                 else:
-                    ct = cotangents[k0:k1].to(start.dtype).unsqueeze(1) * w.view(1, -1, 1)  # [k, n, D]
+                    ct = cotangents[k0:k1].to(start.dtype).unsqueeze(1).expand(-1, n, -1)  # [k, n, D]
                 (grads,) = vmap(pullback)(ct)  # [k, n, S, H]
-                Gs[k0:k1] += torch.einsum("knsh,sh->ks", grads, t0).to(acc)
+                Gs[k0:k1] += contraction.contract(grads, t0, w, idx, n_out, backend=p.contraction).to(acc)
                 del grads
         del pullback
-    return Gs @ unit_matrix.to(Gs.device, Gs.dtype).T
+    return Gs if pooled else Gs @ um.to(Gs.dtype).T
 
 
 def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights, unit_matrix: Tensor, out_dim: int,

@@ -80,6 +80,7 @@ def backend_info() -> dict:
         "extension": _extension(),
         "maxsim": _maxsim_info(),
         "attention": _attention_info(),
+        "contraction": _contraction_info(),
         "threads": torch.get_num_threads(),
     }
 
@@ -95,6 +96,11 @@ def _attention_info() -> dict:
         return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
     why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
     return {"available": False, "reason": f"{why}: eager math attention (forward-mode AD through PyTorch ops)"}
+
+
+def _contraction_info() -> dict:
+    from . import contraction
+    return contraction.info()
 
 
 # ---------------------------------------------------------------------- MaxSim dispatch

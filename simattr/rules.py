@@ -93,14 +93,23 @@ def _repeat_heads(t: Tensor, heads: int) -> Tensor:
     return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
 
 
-def attention(rule: str, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], scaling: float) -> Tensor:
+def attention(rule: str, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], scaling: float,
+              fused: bool = False) -> Tensor:
     """softmax(q kᵀ · scaling + mask) v  [N, heads, S, d] under the rule.
 
     cp: the attention probabilities are constants (computed from detached q, k: no tangent work for them).
+    With `fused`, the cp rule runs through the fused attention kernel's constant-softmax mode
+    (kernels/attention_jvp.py: dO = P·dV in one launch for all tangents, no S×S matrix in memory; backend from
+    `simattr.attention.kernel_backend`).
     attnlrp: softmax keeps its gradient (the AttnLRP softmax rule is gradient x input of the softmax), and both
-    matrix products split their relevance uniformly between the operands.
+    matrix products split their relevance uniformly between the operands (eager math only).
     """
     key, value = _repeat_heads(key, query.shape[1]), _repeat_heads(value, query.shape[1])
+    if fused and rule == "cp":
+        from kernels.attention_jvp import attention as fused_attention
+
+        from .attention import current_backend
+        return fused_attention(query, key, value, mask, scaling, constant_softmax=True, backend=current_backend())
     wide = torch.promote_types(query.dtype, torch.float32)
     if rule == "cp":
         scores = torch.matmul(query.detach(), key.detach().transpose(-1, -2)) * scaling
@@ -292,7 +301,7 @@ class Counter:
 _names = itertools.count()
 
 
-def _attention_function(rule: str, counter: Counter):
+def _attention_function(rule: str, counter: Counter, fused: bool = False):
     """An attention implementation with the transformers signature (module, q, k, v, mask, scaling, dropout)."""
 
     def fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -304,19 +313,19 @@ def _attention_function(rule: str, counter: Counter):
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
                 ~mask, torch.finfo(query.dtype).min)
-        out = attention(rule, query, key, value, mask, scale)
+        out = attention(rule, query, key, value, mask, scale, fused=fused)
         return out.transpose(1, 2).contiguous(), None
     return fn
 
 
 @contextlib.contextmanager
-def _registry(configs: list, rule: str, counter: Counter):
+def _registry(configs: list, rule: str, counter: Counter, fused: bool = False):
     """Register a private attention implementation (eager mask format) and switch the configs to it."""
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from transformers.modeling_utils import AttentionInterface
 
     name = f"simattr_bilrp_{rule}_{next(_names)}"
-    AttentionInterface.register(name, _attention_function(rule, counter))
+    AttentionInterface.register(name, _attention_function(rule, counter, fused))
     AttentionMaskInterface.register(name, eager_mask)
     saved = [(c, c._attn_implementation) for c in configs]
     try:
@@ -364,9 +373,10 @@ def check_rule(rule: str) -> str:
 
 
 @contextlib.contextmanager
-def applied(roots, rule: str = "cp"):
+def applied(roots, rule: str = "cp", fused_attention: bool = False):
     """Apply the rule set to every module of `roots` (models and heads) while the context is open.
 
+    fused_attention: the cp attention rule of registry-dispatched models runs through the fused kernel.
     Installs forward hooks (norms, activations, canonizers) and the attention rule; on exit every hook is
     removed, the configs' attention implementation restored and the registry entries deleted.
     """
@@ -382,7 +392,7 @@ def applied(roots, rule: str = "cp"):
         state.pairs.extend(assign(r, rule))
     handles = []
     try:
-        with _registry(_configs(unique), rule, state.counter):
+        with _registry(_configs(unique), rule, state.counter, fused_attention):
             for m, r in state.pairs:
                 handles.append(r.hook(m, state.counter))
             yield state

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import engine, rules
+from ..contraction import check_backend as check_contraction
 from ..encoders import CallableEncoder, Encoder, Tokens
 from ..errors import SimattrError
 from ..explanation import Explanation
@@ -63,6 +64,18 @@ def prepare_side(encoder: Encoder, text: str, layer: int, units, sim: str, trunc
     return Side(encoder, tokens, x, make_units(tokens, units), fx)
 
 
+def choose_attention(encoder: Encoder, attention: str, rule: str) -> str:
+    """"fused" (the cp rule through the fused attention kernel's constant-softmax mode) or "eager".
+
+    auto / fused / eager as in `simattr.attention.choose` (MPNet keeps its inline attention rule); attnlrp is always
+    eager (its softmax and product rules are not in the kernel)."""
+    from .. import attention as fused
+    if attention == "fused" and rule != "cp":
+        raise SimattrError("the fused attention kernel implements the cp rule (constant softmax) only; use "
+                           "attention='eager' with rule='attnlrp'")
+    return fused.choose(encoder, attention) if rule == "cp" else "eager"
+
+
 def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) -> Callable[[Tensor], Tensor]:
     """f̃: x -> embedding under the rules active around the call; for cosine, divided by the detached norm."""
     f = encoder.function(tokens, layer, normalize=False, own_norm=False)
@@ -91,15 +104,18 @@ def relevance(f: Callable, x: Tensor, units: Units, out_dim: int, p: engine.Plan
 
 def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, layer: int = 0, units="token",
                   sim: str = "cosine", rule: str = "cp", mode: str = "auto", max_memory=None,
-                  internal_batch_size=None, truncate: bool = False) -> Explanation:
+                  internal_batch_size=None, truncate: bool = False, contraction: str = "auto",
+                  attention: str = "auto") -> Explanation:
     t_start = time.perf_counter()
     check_sim(sim)
     rules.check_rule(rule)
+    check_contraction(contraction)
     for enc in (enc_a, enc_b):
         check_encoder(enc)
     units_a, units_b = units if isinstance(units, tuple) else (units, units)
     budget = engine.parse_memory(max_memory)
     same = enc_b is enc_a
+    attn = "fused" if all(choose_attention(e, attention, rule) == "fused" for e in (enc_a, enc_b)) else "eager"
     with enc_a.prepared(), (enc_b.prepared() if not same else nullcontext()):
         a = prepare_side(enc_a, text_a, layer, units_a, sim, truncate)
         b = prepare_side(enc_b, text_b, layer, units_b, sim, truncate)
@@ -110,7 +126,7 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
         budget = budget or engine.default_budget(a.x.device)
         roots = [enc_a.model, enc_a.head] + ([] if same else [enc_b.model, enc_b.head])
         Gs, plans, fmods = [], [], []
-        with rules.applied(roots, rule) as state:
+        with rules.applied(roots, rule, fused_attention=attn == "fused") as state:
             for side in (a, b):
                 f = modified_function(side.encoder, side.tokens, layer, sim)
                 state.counter.reset()
@@ -119,8 +135,10 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
                 state.check_attention(side.encoder.num_layers)
                 check_value(fmod, side.fx)
                 shape = engine.Shape.of(side.encoder, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
+                shape.fused_attention = attn == "fused"
                 p = engine.plan(len(side.units), 1, shape, mode=mode, budget=budget,
                                 batch_size=internal_batch_size, device=side.x.device)
+                p.contraction = contraction
                 Gs.append(relevance(f, side.x, side.units, D, p))
                 plans.append(p.as_dict())
                 fmods.append(fmod)
@@ -133,7 +151,8 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, l
     settings = {"layer": layer, "sim": sim, "rule": rule, "units": units if isinstance(units, str) else "spans",
                 "mode": [p["mode"] for p in plans], "model_a": enc_a.describe(),
                 "model_b": enc_b.describe() if not same else "same",
-                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device)}
+                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
+                "attention": attn}
     extras = {"conservation": total / decomposed if decomposed != 0 else None, "rule": rule, "sim": sim,
               "residual_per_side": residual, "plans": plans, "seconds": time.perf_counter() - t_start}
     return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import engine, paths
+from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens
 from ..errors import SimattrError
 from ..explanation import Explanation
@@ -90,11 +91,13 @@ def choose_steps(a: Side, b: Side, rule: str, tol: float, shapes, budget: int, s
 def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, layer: int = 0, steps=50,
                quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
                exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
-               tol: float = 1e-4, truncate: bool = False, attention: str = "auto") -> Explanation:
+               tol: float = 1e-4, truncate: bool = False, attention: str = "auto",
+               contraction: str = "auto") -> Explanation:
     t_start = time.perf_counter()
     if sim not in ("cosine", "dot"):
         raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
     rule = paths.canonical(quadrature)
+    check_contraction(contraction)
     if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1)):
         raise SimattrError(f"steps must be a positive integer or 'auto', got {steps!r}")
     ref_a, ref_b = reference if isinstance(reference, (tuple, list)) else (reference, reference)
@@ -120,12 +123,13 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, laye
         al, w = paths.nodes(rule, int(steps))
         pair_mode = choose_pair_mode(mode, active_units(a), active_units(b), D)
         if pair_mode == "cross":
-            A, Gs, plans = cross_mode(a, b, shapes, al, w, D, budget, internal_batch_size)
+            A, Gs, plans = cross_mode(a, b, shapes, al, w, D, budget, internal_batch_size, contraction)
         else:
             Gs, plans = [], []
             for side, shape in zip((a, b), shapes):
                 p = engine.plan(len(side.units), len(al), shape, mode=mode, budget=budget,
                                 batch_size=internal_batch_size, device=side.x.device)
+                p.contraction = contraction
                 G = engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D, p)
                 Gs.append(G)
                 plans.append(p.as_dict())
@@ -168,7 +172,8 @@ def choose_pair_mode(mode: str, units_a: int, units_b: int, out_dim: int) -> str
     return "per-side"
 
 
-def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, batch_size):
+def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, batch_size,
+               contraction: str = "auto"):
     """A without the larger side's G: forward mode gives G_small [D, U_s]; VJPs on the large side with the columns
     of G_small as cotangents give M[j, u] = Σ_n w_n ⟨J_large(x_n)ᵀ G_small[:, j], T_u⟩ = (G_smallᵀ G_large)[j, u]."""
     small_is_a = len(a.units) <= len(b.units)
@@ -179,6 +184,7 @@ def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, b
     G_s = engine.path_attribution(s_side.f, s_side.r, s_side.delta, alphas, weights, s_side.units.matrix, D, p_s)
     p_l = engine.plan(D + 1, len(alphas), l_shape, mode="reverse", budget=budget, batch_size=batch_size,
                       device=l_side.x.device)
+    p_l.contraction = contraction
     p_l.reason = f"cross mode: {G_s.shape[1]} cotangents (the other side's G columns) instead of {D}"
     M = engine.path_attribution(l_side.f, l_side.r, l_side.delta, alphas, weights, l_side.units.matrix, D, p_l,
                                 cotangents=G_s.T)  # [U_s, U_l]
@@ -203,21 +209,12 @@ def _describe(ref):
 def attention_context(encoder: Encoder, attention: str = "auto", constant_softmax: bool = False):
     """Fused attention (Triton kernel with a one-launch JVP for all tangents) where it helps, eager elsewhere.
 
-    attention: "auto" (fused on CUDA when Triton imports and the model dispatches through transformers'
-    attention registry; eager otherwise), "fused" (also on the CPU: the same autograd.Function over PyTorch
-    math), "eager". The context yields which one is active.
+    attention: "auto", "fused" or "eager" (see `simattr.attention.choose`). The context yields which one is active.
     """
-    if attention not in ("auto", "fused", "eager"):
-        raise SimattrError(f"attention must be 'auto', 'fused' or 'eager', got {attention!r}")
-    model = getattr(encoder, "model", None)
-    if attention == "eager" or model is None or not hasattr(model, "config"):
-        return nullcontext("eager")
     from .. import attention as fused
-    if not fused.supports_fused_attention(model):
+    if fused.choose(encoder, attention) == "eager":
         return nullcontext("eager")
-    if attention == "auto" and not (encoder.device.type == "cuda" and fused.HAS_TRITON):
-        return nullcontext("eager")
-    return _yielding(fused.fused_attention(model, constant_softmax=constant_softmax), "fused")
+    return _yielding(fused.fused_attention(encoder.model, constant_softmax=constant_softmax), "fused")
 
 
 @contextlib.contextmanager

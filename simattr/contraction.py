@@ -1,0 +1,146 @@
+"""The reverse-mode Jacobian contraction and its backends.
+
+    out[k, unit[s]] += Σ_n w[n] Σ_h grads[k, n, s, h] · tangent[s, h]          (tokens with unit[s] = -1 skipped)
+
+`grads` [K, N, S, H] is one chunk of vmapped VJPs (K cotangents at N path nodes) in `engine.reverse_mode`; the
+result is that chunk's block of G [D, U] (one-hot cotangents) or of the token matrix A itself (cross mode, where the
+cotangents are the other side's G columns) — reduced and pooled into attribution units in one pass, so neither the
+Jacobian nor the token-level [K, S] block is ever stored.
+
+Backends: "torch" (`contract_torch`, the reference: einsum + index_add), "cpp" (csrc/cpu/contract.cpp, OpenMP,
+vectorised), "triton" (kernels/contract.py), "cuda" (csrc/cuda/contract.cu, built with SIMATTR_BUILD_CUDA=1).
+"auto" picks a kernel only where it was measured faster than the reference (benchmarks/bench_contract.py,
+benchmarks/RESULTS.md): see `AUTO_KERNEL`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .errors import SimattrError
+
+BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
+#: device type -> the kernel "auto" uses there (None: the PyTorch reference). CPU: the C++ kernel, 2.3-10x faster
+#: than the einsum on one thread (benchmarks/RESULTS.md). CUDA: None until a GPU run of bench_contract.py has
+#: measured the Triton and CUDA kernels against the einsum (benchmarks/gpu_session.sh).
+AUTO_KERNEL = {"cpu": "cpp", "cuda": None}
+
+
+def unit_index(unit_matrix: Tensor) -> Optional[Tensor]:
+    """[S] int64: the unit of each token (-1: none), when `unit_matrix` [U, S] is 0/1 with at most one unit per token
+    (every `simattr.units` matrix is); None otherwise (the caller then pools token columns with a matmul)."""
+    m = unit_matrix.detach()
+    if m.numel() and not bool(((m == 0) | (m == 1)).all()):
+        return None
+    if m.numel() and bool((m.sum(0) > 1).any()):
+        return None
+    if m.shape[0] == 0:
+        return torch.full((m.shape[1],), -1, dtype=torch.long, device=m.device)
+    idx = m.argmax(0).long()
+    return torch.where(m.sum(0) > 0, idx, torch.full_like(idx, -1))
+
+
+def contract_torch(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], unit_index: Tensor,
+                   n_units: int) -> Tensor:
+    """The reference: einsum over the nodes and features in the grads' dtype, then the tokens added into units."""
+    acc = torch.float64 if grads.dtype == torch.float64 else torch.float32
+    K, N = grads.shape[:2]
+    w = torch.ones(N, dtype=grads.dtype, device=grads.device) if weights is None else weights.to(grads)
+    tok = torch.einsum("knsh,sh,n->ks", grads, tangent.to(grads), w).to(acc)
+    out = torch.zeros(K, n_units, dtype=acc, device=grads.device)
+    idx = unit_index.to(grads.device, torch.long)
+    live = idx >= 0
+    return out.index_add_(1, idx[live], tok[:, live])
+
+
+def _has_op() -> bool:
+    if os.environ.get("SIMATTR_NO_EXT") == "1":
+        return False
+    try:
+        importlib.import_module("simattr._C")
+        return hasattr(torch.ops.simattr, "contract_tangent")
+    except (ImportError, RuntimeError, AttributeError):
+        return False
+
+
+def _cuda_op() -> bool:
+    if not _has_op():
+        return False
+    mod = importlib.import_module("simattr._C")
+    return bool(getattr(mod, "with_cuda", lambda: False)())
+
+
+def _triton_ok(device_type: str) -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SimattrError(f"unknown contraction backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def choose_backend(device_type: str, backend: str = "auto") -> str:
+    """The backend `contract` runs for tensors on `device_type` (raises if a named one cannot run there)."""
+    check_backend(backend)
+    if backend == "torch":
+        return "torch"
+    if backend == "cpp":
+        if device_type != "cpu":
+            raise SimattrError("the C++ contraction kernel runs on CPU tensors only")
+        if not _has_op():
+            raise SimattrError("the C++ extension simattr._C (with contract_tangent) is not built")
+        return "cpp"
+    if backend == "cuda":
+        if device_type != "cuda" or not _cuda_op():
+            raise SimattrError("the CUDA contraction kernel needs CUDA tensors and simattr._C built with "
+                               "SIMATTR_BUILD_CUDA=1")
+        return "cuda"
+    if backend == "triton":
+        if not _triton_ok(device_type):
+            raise SimattrError("the Triton contraction kernel needs triton and CUDA tensors (or TRITON_INTERPRET=1)")
+        return "triton"
+    choice = AUTO_KERNEL.get(device_type)
+    if choice == "cpp" and _has_op():
+        return "cpp"
+    if choice == "triton" and _triton_ok(device_type):
+        return "triton"
+    if choice == "cuda" and _cuda_op():
+        return "cuda"
+    return "torch"
+
+
+def contract(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], unit_index: Tensor, n_units: int,
+             backend: str = "auto") -> Tensor:
+    """out [K, n_units] (float32; float64 for float64 grads): see the module docstring."""
+    which = choose_backend(grads.device.type, backend)
+    if which == "torch":
+        return contract_torch(grads, tangent, weights, unit_index, n_units)
+    if which == "triton":
+        from kernels.contract import contract_triton
+        return contract_triton(grads, tangent, weights, unit_index, n_units)
+    return torch.ops.simattr.contract_tangent(grads, tangent, weights, unit_index, n_units)
+
+
+def info() -> dict:
+    """Which contraction backend "auto" uses on each device, and why the others are not used."""
+    ext = _has_op()
+    out = {"torch": {"available": True, "reason": "torch.einsum + index_add (reference, always available)"},
+           "cpp": {"available": ext, "reason": "simattr._C built (OpenMP, vectorised)" if ext else
+                   "simattr._C is not built or lacks contract_tangent"},
+           "cuda": {"available": _cuda_op() and torch.cuda.is_available(),
+                    "reason": "simattr._C built with CUDA" if _cuda_op() else
+                    "simattr._C not built with CUDA (SIMATTR_BUILD_CUDA=1 with a CUDA torch)"},
+           "triton": {"available": _triton_ok("cuda") and torch.cuda.is_available(),
+                      "reason": "Triton kernel on CUDA" if torch.cuda.is_available() else "no CUDA device"}}
+    out["auto_cpu"] = choose_backend("cpu")
+    out["auto_cuda"] = choose_backend("cuda") if torch.cuda.is_available() else "torch (no CUDA device)"
+    return out
