@@ -378,3 +378,37 @@ def test_bad_inputs():
         attention_tangent(q, k, v, dq[:, :1], dk, dv, backend="torch")
     with pytest.raises(ValueError):
         attention(q, k, v, backend="cuda-please")
+
+
+# ------------------------------------------------------------------------------------ BiLRP through the kernel
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family,mode", [("bert", "forward"), ("bert", "reverse"), ("modernbert", "forward"),
+                                         ("distilbert", "forward")])
+def test_bilrp_cp_through_fused_kernel_equals_eager_rule(family_encoder, backend, family, mode):
+    """BiLRP's CP rule (softmax constant) through the kernel's constant-softmax mode gives the eager rule's matrix."""
+    import simattr
+    from simattr.attention import kernel_backend
+    enc = family_encoder(family)
+    ex = simattr.Explainer(enc)
+    a, b = "the cat sat on the mat", "a dog runs in the park"
+    ref = ex.explain(a, b, method="bilrp", attention="eager", mode=mode)
+    assert ref.settings["attention"] == "eager"
+    before = dict(K.LAUNCHES)
+    with kernel_backend(backend):
+        got = ex.explain(a, b, method="bilrp", attention="fused", mode=mode)
+    assert got.settings["attention"] == "fused"
+    assert abs(got.matrix - ref.matrix).max() <= 1e-5 * max(1.0, abs(ref.matrix).max())
+    if backend == "triton" and mode == "forward":  # the kernel ran: primal and tangent launches
+        assert K.LAUNCHES["forward"] > before["forward"] and K.LAUNCHES["jvp"] > before["jvp"]
+
+
+def test_bilrp_fused_attention_choices(family_encoder):
+    import simattr
+    ex = simattr.Explainer(family_encoder("bert"))
+    with pytest.raises(simattr.SimattrError, match="cp rule"):
+        ex.explain("a b", "c d", method="bilrp", rule="attnlrp", attention="fused")
+    assert ex.explain("a b", "c d", method="bilrp", rule="attnlrp").settings["attention"] == "eager"
+    auto = ex.explain("a b", "c d", method="bilrp").settings["attention"]
+    assert auto == ("fused" if DEV == "cuda" and K.HAS_TRITON else "eager")
+    mp = simattr.Explainer(family_encoder("mpnet"))  # inline attention: keeps its own rule
+    assert mp.explain("a b", "c d", method="bilrp", attention="fused").settings["attention"] == "eager"
