@@ -11,7 +11,11 @@ Sections (each in its own try/except: a crash prints its error and the run goes 
   c. end to end: `Explainer.explain` IJ (steps = 50, forward mode) with fused attention on / off:
      MiniLM at 16/64/256 tokens; a random 12-layer BERT-base-sized model at 512 tokens (fewer steps,
      extrapolated, see --steps-512); pairs/s, peak GPU memory, achieved FLOP/s vs H100 peaks;
-  d. torch.profiler: top 15 ops by CUDA time for one IJ explanation (MiniLM, 64 tokens), fused on and off.
+  d. torch.profiler: top 15 ops by CUDA time for one IJ explanation (MiniLM, 64 tokens), fused on and off;
+  e. end to end BiLRP (CP rule), kernels on (fused constant-softmax attention + Triton contraction) vs off
+     (eager rule + einsum contraction): MiniLM at 16/64/256 tokens, BERT-base-sized at 512; pairs/s, peak memory;
+  f. the reverse-mode Jacobian contraction alone: einsum vs Triton (and the CUDA extension when built) at
+     reverse-mode chunk shapes (benchmarks/bench_contract.py), GB/s.
 
 The end-to-end and profiler sections switch attention with the engine's own option
 (`explain(..., attention="eager" | "fused")`). Without the bundled MiniLM package (e.g. on a machine
@@ -37,7 +41,7 @@ import kernels.attention_jvp as K  # noqa: E402
 
 PEAKS = {"fp32 (non-tensor)": 67e12, "tf32": 495e12, "bf16/fp16": 989e12}
 RESULTS = {"device": None, "versions": {}, "a_correctness": [], "b_attention": [], "c_end_to_end": [],
-           "d_profile": {}, "errors": []}
+           "d_profile": {}, "e_bilrp": [], "f_contraction": [], "errors": []}
 T0 = time.time()
 
 
@@ -56,7 +60,8 @@ def guarded(label):
         traceback.print_exc()
         RESULTS["errors"].append(msg)
     finally:
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def section(name):
@@ -70,6 +75,8 @@ def section(name):
 
 
 def peak_mib(fn):
+    if not torch.cuda.is_available():  # --cpu-smoke: plumbing only
+        return fn(), float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -187,11 +194,11 @@ def synthetic_tokenizer(vocab_size=30522):
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def minilm_encoder():
-    """(Encoder on CUDA, description): the bundled MiniLM, else a random model of its shapes."""
+def minilm_encoder(device="cuda"):
+    """(Encoder on `device`, description): the bundled MiniLM, else a random model of its shapes."""
     import simattr
     try:
-        ex = simattr.Explainer(device="cuda")
+        ex = simattr.Explainer(device=device)
         return ex.encoder_a, "all-MiniLM-L6-v2 (bundled)"
     except Exception as exc:
         log(f"bundled MiniLM unavailable ({type(exc).__name__}: {exc}); using random weights of its shapes")
@@ -200,18 +207,18 @@ def minilm_encoder():
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                      intermediate_size=1536, max_position_embeddings=512)
     torch.manual_seed(0)
-    model = AutoModel.from_config(cfg, attn_implementation="eager").eval().cuda()
+    model = AutoModel.from_config(cfg, attn_implementation="eager").eval().to(device)
     return simattr.Encoder(model, tok, pooling="mean", max_length=256, name="random MiniLM-shaped"), \
         "random MiniLM-shaped BERT (synthetic tokenizer)"
 
 
-def bert_base_encoder(tokenizer):
+def bert_base_encoder(tokenizer, device="cuda"):
     import simattr
     from transformers import AutoModel, BertConfig
     cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                      intermediate_size=3072, max_position_embeddings=512)
     torch.manual_seed(0)
-    model = AutoModel.from_config(cfg, attn_implementation="eager").eval().cuda()
+    model = AutoModel.from_config(cfg, attn_implementation="eager").eval().to(device)
     return simattr.Encoder(model, tokenizer, pooling="mean", name="random BERT-base")
 
 
@@ -247,7 +254,7 @@ def end_to_end(args):
         ([16, 64] + ([512] if args.with_512 else []) if args.quick else [16, 64, 256, 512])
     configs = [("bert-base", n, args.steps_512) if n > 256 else (enc, n, args.steps) for n in sizes]
     for enc_i, n, steps in configs:
-        if time.time() - T0 > args.budget_s * 0.85:
+        if time.time() - T0 > args.budget_s * 0.7:  # leave room for sections e and f
             log("end-to-end section: time budget reached, skipping the rest")
             break
         with guarded(f"end-to-end {n} tokens"):
@@ -283,6 +290,61 @@ def end_to_end(args):
                     row[f"{name}_pairs_per_s_at_50_steps"] = row[f"{name}_pairs_per_s"] * steps / 50
             RESULTS["c_end_to_end"].append(row)
             log({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ------------------------------------------------------------------------------------------ e. BiLRP end to end
+@section("e: BiLRP end to end")
+def bilrp_end_to_end(args):
+    import simattr
+    enc, desc = minilm_encoder(args.device)
+    RESULTS["e_model"] = desc
+    sizes = [int(x) for x in args.e2e_tokens.split(",")] if args.e2e_tokens else \
+        ([16, 64] if args.quick else [16, 64, 256, 512])
+    kernel = "triton" if args.device == "cuda" else "torch"
+    settings = {"off": dict(attention="eager", contraction="torch"),
+                "on": dict(attention="fused", contraction=kernel)}
+    # units <= D: forward mode (the attention kernel matters); one forced reverse-mode row (the contraction matters)
+    configs = [(n, "auto") for n in sizes] + [(16 if args.quick else 256, "reverse")]
+    for n, mode in configs:
+        if time.time() - T0 > args.budget_s * 0.95:
+            log("BiLRP section: time budget reached, skipping the rest")
+            break
+        with guarded(f"BiLRP {n} tokens"):
+            enc_i = bert_base_encoder(enc.tokenizer, args.device) if n > 256 else enc
+            ex = simattr.Explainer(enc_i)
+            a, b = text_of(enc_i.tokenizer, n, 5), text_of(enc_i.tokenizer, n, 6)
+            row = {"model": "BERT-base-sized" if n > 256 else "MiniLM", "tokens": n}
+            mats = {}
+            for name, kw in settings.items():
+                kw = dict(kw, mode=mode)
+                ex.explain(a, b, method="bilrp", **kw)  # warm-up (Triton compiles)
+                reps = 1 if n >= 256 else 3
+                t, peak = time.perf_counter(), 0.0
+                for _ in range(reps):
+                    e, pk = peak_mib(lambda: ex.explain(a, b, method="bilrp", **kw))
+                    peak = max(peak, pk)
+                sec = (time.perf_counter() - t) / reps
+                mats[name] = e.matrix
+                row.update({f"{name}_s_per_pair": sec, f"{name}_pairs_per_s": 1 / sec, f"{name}_peak_MiB": peak,
+                            "mode": e.settings["mode"], f"{name}_attention": e.settings["attention"],
+                            f"{name}_contraction": [p["contraction"] for p in e.extras["plans"]]})
+            row["speedup"] = row["off_s_per_pair"] / row["on_s_per_pair"]
+            row["max_abs_diff"] = float(abs(mats["on"] - mats["off"]).max())
+            RESULTS["e_bilrp"].append(row)
+            log({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ------------------------------------------------------------------------------------------ f. contraction op
+@section("f: Jacobian contraction")
+def contraction_bench(args):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_contract
+    if args.quick:
+        bench_contract.SHAPES = bench_contract.SHAPES[:2]
+    rows = bench_contract.bench_op(torch.device(args.device), torch.float32, 3 if args.quick else 7)
+    RESULTS["f_contraction"] = rows
+    for r in rows:
+        log(r)
 
 
 # ------------------------------------------------------------------------------------------ d. profiler
@@ -409,6 +471,20 @@ def summary():
             print(f"    d={key[0]:>3} S={key[1]:>4} B={key[2]} {key[3]:8} {str(key[4]):6}: {r['block_m']}x{r['block_n']} "
                   f"w{r['warps']} s{r['stages']} {r['ms']:.3f} ms err {r['rel_err']:.1e} "
                   f"({r['TFLOPs_executed']:.1f} TF/s; eager vmap-jvp {r['eager_vmap_jvp_ms']:.3f} ms)")
+    if RESULTS["e_bilrp"]:
+        print("(e) end to end BiLRP (CP): kernels off (eager rule, einsum) vs on (fused attention, kernel contraction)")
+        print(f"    {'model':22} {'tok':>4} {'mode':>18} | {'off pair/s':>10} {'on pair/s':>10} {'speedup':>7} | "
+              f"{'off MiB':>8} {'on MiB':>8} | {'|diff|':>8}")
+        for r in RESULTS["e_bilrp"]:
+            print(f"    {r['model'][:22]:22} {r['tokens']:>4} {str(r['mode']):>18} | {r['off_pairs_per_s']:10.3f} "
+                  f"{r['on_pairs_per_s']:10.3f} {r['speedup']:7.2f} | {r['off_peak_MiB']:8.0f} {r['on_peak_MiB']:8.0f} | "
+                  f"{r['max_abs_diff']:8.1e}")
+    if RESULTS["f_contraction"]:
+        print("(f) Jacobian contraction [K, N, S, H] -> [K, U]: ms (GB/s of grads read), speedup vs einsum")
+        for r in RESULTS["f_contraction"]:
+            parts = [f"{b} {r[b]['ms']:.3f} ms ({r[b]['GB_s']:.0f} GB/s, x{r[b]['speedup_vs_torch']:.2f}"
+                     f"{'' if r[b]['ok'] else ' MISMATCH'})" for b in ("torch", "triton", "cuda", "cpp") if b in r]
+            print(f"    {r['K']:>4} {r['N']:>2} {r['S']:>4} {r['H']:>4}: " + " | ".join(parts))
     if RESULTS["d_profile"]:
         print("(d) profiler tables printed above" + (" and written under $OUT" if os.environ.get("OUT") else ""))
     for e in RESULTS["errors"]:
@@ -419,7 +495,9 @@ def summary():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that every section runs")
-    ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd; t = tile sweep)")
+    ap.add_argument("--sections", default="abcdef", help="which sections to run (default abcdef; t = tile sweep)")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="no GPU: run sections e and f on the CPU at tiny sizes (checks the script's plumbing only)")
     ap.add_argument("--steps", type=int, default=50, help="IJ steps for the MiniLM runs")
     ap.add_argument("--steps-512", type=int, default=5,
                     help="IJ steps for the 512-token BERT-base run (pairs/s is also given scaled to 50 steps)")
@@ -433,11 +511,15 @@ def main():
     if args.quick:
         args.steps = min(args.steps, 4)
         args.steps_512 = min(args.steps_512, 1)
+    args.device = "cuda"
     if not torch.cuda.is_available():
-        print("no CUDA device: this script profiles the GPU path only")
-        return 1
+        if not args.cpu_smoke:
+            print("no CUDA device: this script profiles the GPU path only (--cpu-smoke checks sections e, f)")
+            return 1
+        args.device, args.quick = "cpu", True
+        args.sections = "".join(c for c in args.sections if c in "ef")
     import transformers
-    RESULTS["device"] = torch.cuda.get_device_name()
+    RESULTS["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke test)"
     RESULTS["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                            "triton": getattr(K.triton, "__version__", None)}
     log(RESULTS["device"], RESULTS["versions"])
@@ -450,6 +532,10 @@ def main():
         end_to_end(args)
     if "d" in args.sections:
         profile(args)
+    if "e" in args.sections:
+        bilrp_end_to_end(args)
+    if "f" in args.sections:
+        contraction_bench(args)
     if "t" in args.sections:
         tile_sweep(args)
         if args.apply_best and RESULTS.get("t_sweep"):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import SimattrError
+from .ops import has_operator
 
 BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
 #: device type -> the kernel "auto" uses there (None: the PyTorch reference). CPU: the C++ kernel, 2.3-10x faster
@@ -58,13 +59,7 @@ def contract_torch(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], un
 
 
 def _has_op() -> bool:
-    if os.environ.get("SIMATTR_NO_EXT") == "1":
-        return False
-    try:
-        importlib.import_module("simattr._C")
-        return hasattr(torch.ops.simattr, "contract_tangent")
-    except (ImportError, RuntimeError, AttributeError):
-        return False
+    return has_operator("contract_tangent")
 
 
 def _cuda_op() -> bool:

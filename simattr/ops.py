@@ -104,15 +104,20 @@ def _contraction_info() -> dict:
 
 
 # ---------------------------------------------------------------------- MaxSim dispatch
-def _has_cpp_maxsim() -> bool:
+def has_operator(name: str) -> bool:
+    """Whether the extension simattr._C is loadable (and not disabled) and registers torch.ops.simattr.<name>."""
     if os.environ.get("SIMATTR_NO_EXT") == "1":
         return False
     try:
         importlib.import_module("simattr._C")
         import torch
-        return hasattr(torch.ops.simattr, "maxsim")
+        return hasattr(torch.ops.simattr, name)
     except (ImportError, RuntimeError, AttributeError):
         return False
+
+
+def _has_cpp_maxsim() -> bool:
+    return has_operator("maxsim")
 
 
 def _triton_usable() -> bool:

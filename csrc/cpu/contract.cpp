@@ -13,6 +13,9 @@
 // with four partial sums; float64 accumulates in double, the others in float. OpenMP over (k, s) rows.
 #include <torch/extension.h>
 
+#include "../contract_args.h"
+#include "simd.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -23,14 +26,8 @@
 
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SIMATTR_NO_MULTIVERSION)
-#define SIMATTR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define SIMATTR_CLONES
-#endif
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
+using simattr_simd::v8;
+using simattr_simd::v8u;
 
 // Σ_h a[h] b[h] for float32 rows: two 8-wide accumulators, then the tail.
 SIMATTR_CLONES
@@ -95,22 +92,13 @@ void contract_rows(const T* g, const Acc* t, const Acc* w, const int64_t* uidx, 
 at::Tensor contract_tangent_cpu(const at::Tensor& grads_, const at::Tensor& tangent_,
                                 const c10::optional<at::Tensor>& weights_, const at::Tensor& unit_index_,
                                 int64_t n_units) {
-  TORCH_CHECK(grads_.dim() == 4, "contract_tangent: grads must be [K, N, S, H]");
-  TORCH_CHECK(tangent_.dim() == 2 && tangent_.size(0) == grads_.size(2) && tangent_.size(1) == grads_.size(3),
-              "contract_tangent: tangent must be [S, H] with the grads' S and H");
+  const auto acc_t = simattr_contract::check_args(grads_, tangent_, weights_, unit_index_, n_units);
   TORCH_CHECK(!grads_.is_cuda() && !tangent_.is_cuda(), "contract_tangent: the CPU kernel takes CPU tensors");
-  TORCH_CHECK(unit_index_.dim() == 1 && unit_index_.size(0) == grads_.size(2),
-              "contract_tangent: unit_index must be [S]");
-  TORCH_CHECK(n_units >= 0, "contract_tangent: n_units must be >= 0");
   const int64_t K = grads_.size(0), N = grads_.size(1), S = grads_.size(2), H = grads_.size(3);
   const auto st = grads_.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf,
-              "contract_tangent: grads must be float32, float64, bfloat16 or float16");
-  const auto acc_t = st == at::kDouble ? at::kDouble : at::kFloat;
   auto grads = grads_.contiguous();
   auto tangent = tangent_.to(acc_t).contiguous();
   auto weights = weights_.has_value() ? weights_->to(acc_t).contiguous() : at::ones({N}, grads.options().dtype(acc_t));
-  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == N, "contract_tangent: weights must be [N]");
   auto uidx = unit_index_.to(at::kLong).contiguous();
   const int64_t* up = uidx.data_ptr<int64_t>();
   for (int64_t s = 0; s < S; ++s)

@@ -11,6 +11,8 @@
 // compiled for AVX-512, AVX2 and baseline with GCC function multiversioning (picked at load time).
 #include <torch/extension.h>
 
+#include "simd.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -25,17 +27,11 @@ namespace {
 constexpr int MR = 4;   // query rows per micro-tile
 constexpr int NR = 16;  // document columns per micro-tile
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SIMATTR_NO_MULTIVERSION)
-#define SIMATTR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define SIMATTR_CLONES
-#endif
-
 // acc = q[0..MR) · ct[:, 0..NR) with GCC/Clang vector types: 8 accumulators of 8 floats stay in registers
 // (AVX2 in the avx2 clone, pairs of SSE registers in the baseline one), two column loads and four broadcasts
 // per k.
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
+using simattr_simd::v8;
+using simattr_simd::v8u;
 static_assert(MR == 4 && NR == 16, "micro_tile is written for a 4 x 16 tile");
 
 inline void micro_tile(const float* const* qrows, const float* __restrict__ ct, int64_t np, int64_t D,
