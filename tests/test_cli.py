@@ -24,6 +24,20 @@ def test_cli_info_json(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert "triton" in info and "extension" in info and "reason" in info["triton"]
+    con = info["contraction"]  # every contraction backend with a reason, and what auto picks per device
+    assert all("reason" in con[b] and "available" in con[b] for b in ("torch", "cpp", "triton", "cuda"))
+    assert con["torch"]["available"] and con["auto_cpu"] in ("cpp", "torch")
+    assert con["cpp"]["available"] == (con["auto_cpu"] == "cpp")
+
+
+def test_cli_info_text_and_contraction_option(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "contraction auto_cpu" in out and "maxsim auto_cpu" in out
+    assert main(["explain", "a cat", "a dog", "--method", "ij", "--mode", "reverse", "--steps", "1", "--layer", "5",
+                 "--contraction", "torch", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [p["contraction"] for p in data["plans"]] == ["torch", "torch"]
 
 
 def test_console_script_runs():
