@@ -64,12 +64,22 @@ def guarded(label):
             torch.cuda.empty_cache()
 
 
+def save():
+    """Write what has been measured so far to $OUT/gpu_profile.json (after every section: a run killed by its
+    time limit keeps its finished sections)."""
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "gpu_profile.json"), "w") as fh:
+            json.dump(RESULTS, fh, indent=1, default=str)
+
+
 def section(name):
     def wrap(fn):
         def run(*a, **kw):
             log(f"=== section {name}")
             with guarded(f"section {name}"):
                 fn(*a, **kw)
+            save()
         return run
     return wrap
 
@@ -485,6 +495,12 @@ def summary():
             parts = [f"{b} {r[b]['ms']:.3f} ms ({r[b]['GB_s']:.0f} GB/s, x{r[b]['speedup_vs_torch']:.2f}"
                      f"{'' if r[b]['ok'] else ' MISMATCH'})" for b in ("torch", "triton", "cuda", "cpp") if b in r]
             print(f"    {r['K']:>4} {r['N']:>2} {r['S']:>4} {r['H']:>4}: " + " | ".join(parts))
+        for b in ("triton", "cuda"):
+            rows = [r for r in RESULTS["f_contraction"] if b in r]
+            if rows:
+                wins = all(r[b]["ok"] and r[b]["speedup_vs_torch"] > 1.05 for r in rows)
+                print(f"    -> {b}: {'faster at every shape: set' if wins else 'not faster everywhere: keep'} "
+                      f"simattr.contraction.AUTO_KERNEL['cuda'] = {repr(b) if wins else None}")
     if RESULTS["d_profile"]:
         print("(d) profiler tables printed above" + (" and written under $OUT" if os.environ.get("OUT") else ""))
     for e in RESULTS["errors"]:
@@ -549,10 +565,7 @@ def main():
                 RESULTS["applied"] = {"fp32_precision": r["precision"], "tiles": K.DEFAULTS["tiles"]}
                 end_to_end(args)
     summary()
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "gpu_profile.json"), "w") as fh:
-            json.dump(RESULTS, fh, indent=1, default=str)
+    save()
     return 0
 
 

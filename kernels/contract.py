@@ -16,6 +16,7 @@ runs on CUDA, or on the CPU under `TRITON_INTERPRET=1` (tests).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -32,7 +33,7 @@ def _contract_kernel(
     stride_ok,
     BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, F64: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    k = tl.program_id(0).to(tl.int64)  # k * stride_gk can pass 2^31 elements
     sblock = tl.program_id(1)
     offs_s = sblock * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_h = tl.arange(0, BLOCK_H)
@@ -53,7 +54,7 @@ def _contract_kernel(
             t = tl.load(t_base + hh[None, :] * stride_th, mask=m, other=0.0).to(acc_t)
             part += tl.sum(g * t, axis=1)
         acc += w * part
-    tl.atomic_add(out_ptr + k * stride_ok + unit, acc, mask=live)
+    tl.atomic_add(out_ptr + k * stride_ok + unit, acc, mask=live, sem="relaxed")  # no ordering needed: sums only
 
 
 def contract_triton(grads: torch.Tensor, tangent: torch.Tensor, weights: Optional[torch.Tensor],
@@ -85,13 +86,18 @@ def contract_triton(grads: torch.Tensor, tangent: torch.Tensor, weights: Optiona
     BLOCK_S = max(1, min(16, triton.next_power_of_2(S)))
     BLOCK_H = max(16, min(128, triton.next_power_of_2(H)))
     grid = (K, triton.cdiv(S, BLOCK_S))
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        _launch(grid, grads, tangent, weights, unit_index, out, N, S, H, BLOCK_S, BLOCK_H, acc == torch.float64)
+    return out
+
+
+def _launch(grid, grads, tangent, weights, unit_index, out, N, S, H, BLOCK_S, BLOCK_H, f64):
     _contract_kernel[grid](
         grads, tangent, weights, unit_index, out,
         N, S, H,
         grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
         tangent.stride(0), tangent.stride(1),
         out.stride(0),
-        BLOCK_S=BLOCK_S, BLOCK_H=BLOCK_H, F64=acc == torch.float64,
+        BLOCK_S=BLOCK_S, BLOCK_H=BLOCK_H, F64=f64,
         num_warps=4,
     )
-    return out

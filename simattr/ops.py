@@ -7,6 +7,7 @@ PyTorch path (benchmarks/RESULTS.md): see `AUTO_KERNEL`.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Tuple
@@ -104,15 +105,24 @@ def _contraction_info() -> dict:
 
 
 # ---------------------------------------------------------------------- MaxSim dispatch
-def has_operator(name: str) -> bool:
-    """Whether the extension simattr._C is loadable (and not disabled) and registers torch.ops.simattr.<name>."""
-    if os.environ.get("SIMATTR_NO_EXT") == "1":
-        return False
+@functools.lru_cache(maxsize=None)
+def _extension_loads() -> bool:
     try:
         importlib.import_module("simattr._C")
-        import torch
+        return True
+    except ImportError:
+        return False
+
+
+def has_operator(name: str) -> bool:
+    """Whether the extension simattr._C is loadable (and not disabled) and registers torch.ops.simattr.<name>.
+    (The import is tried once per process: the engine asks for every chunk.)"""
+    if os.environ.get("SIMATTR_NO_EXT") == "1" or not _extension_loads():
+        return False
+    import torch
+    try:
         return hasattr(torch.ops.simattr, name)
-    except (ImportError, RuntimeError, AttributeError):
+    except (RuntimeError, AttributeError):
         return False
 
 

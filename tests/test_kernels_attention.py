@@ -389,6 +389,7 @@ def test_bilrp_cp_through_fused_kernel_equals_eager_rule(family_encoder, backend
     import simattr
     from simattr.attention import kernel_backend
     enc = family_encoder(family)
+    enc.model.to(DEV)  # CUDA tensors where there is a GPU (compiled kernel), else CPU (interpreter)
     ex = simattr.Explainer(enc)
     a, b = "the cat sat on the mat", "a dog runs in the park"
     ref = ex.explain(a, b, method="bilrp", attention="eager", mode=mode)
@@ -404,7 +405,9 @@ def test_bilrp_cp_through_fused_kernel_equals_eager_rule(family_encoder, backend
 
 def test_bilrp_fused_attention_choices(family_encoder):
     import simattr
-    ex = simattr.Explainer(family_encoder("bert"))
+    enc = family_encoder("bert")
+    enc.model.to(DEV)
+    ex = simattr.Explainer(enc)
     with pytest.raises(simattr.SimattrError, match="cp rule"):
         ex.explain("a b", "c d", method="bilrp", rule="attnlrp", attention="fused")
     assert ex.explain("a b", "c d", method="bilrp", rule="attnlrp").settings["attention"] == "eager"

@@ -190,18 +190,29 @@ def test_engine_non_partition_units_pooled_after():
 
 
 # ------------------------------------------------------------------------------ the engine, kernels on and off
-def _kernel_backends():
+def _kernel_backends(device_type):
+    """The kernels that can run on tensors of `device_type` here."""
     out = []
-    if _cpp_ok():
-        out.append("cpp")
-    if _triton_ok():
-        out.append("triton")
+    for b in ("cpp", "triton", "cuda"):
+        try:
+            contraction.choose_backend(device_type, b)
+        except simattr.SimattrError:
+            continue
+        if b != "triton" or _triton_ok():
+            out.append(b)
     return out
 
 
+@pytest.fixture(scope="module")
+def device_explainer(explainer):
+    """The bundled MiniLM on the GPU when there is one (the kernels' device), else the session's CPU explainer."""
+    return simattr.Explainer(device="cuda") if DEV == "cuda" else explainer
+
+
 @pytest.mark.parametrize("method,mode", [("ij", "reverse"), ("ij", "cross"), ("bilrp", "reverse")])
-def test_engine_identical_with_kernels_on_and_off(explainer, method, mode):
-    kernels = _kernel_backends()
+def test_engine_identical_with_kernels_on_and_off(device_explainer, method, mode):
+    explainer = device_explainer
+    kernels = _kernel_backends(DEV)
     if DEV == "cpu" and mode == "reverse":  # 2 x 384 cotangent rows: minutes in the interpreter (cross: a few rows)
         kernels = [k for k in kernels if k != "triton"]
     if not kernels:

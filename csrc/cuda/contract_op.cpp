@@ -29,8 +29,11 @@ at::Tensor contract_tangent_cuda(const at::Tensor& grads_, const at::Tensor& tan
   auto weights = weights_.has_value() ? weights_->to(grads.device(), acc_t).contiguous()
                                       : at::ones({N}, grads.options().dtype(acc_t));
   auto uidx = unit_index_.to(grads.device(), at::kLong).contiguous();
-  TORCH_CHECK(S == 0 || (uidx.min().item<int64_t>() >= -1 && uidx.max().item<int64_t>() < n_units),
-              "contract_tangent: unit_index out of range");
+  if (S > 0) {  // one host sync for both bounds
+    const auto bounds = at::stack({uidx.min(), uidx.max()}).cpu();
+    const int64_t* b = bounds.data_ptr<int64_t>();
+    TORCH_CHECK(b[0] >= -1 && b[1] < n_units, "contract_tangent: unit_index out of range");
+  }
   auto out = at::zeros({K, n_units}, grads.options().dtype(acc_t));
   if (K == 0 || N == 0 || S == 0 || n_units == 0) return out;
   C10_CUDA_CHECK(simattr_cuda::contract_tangent_launch(type, grads.data_ptr(), tangent.data_ptr(), weights.data_ptr(),
