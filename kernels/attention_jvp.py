@@ -67,10 +67,15 @@ try:  # Triton is optional: without it every entry point uses the PyTorch math
     import triton
     import triton.language as tl
     HAS_TRITON = True
+    try:
+        from triton.runtime.errors import OutOfResources as _OUT_OF_RESOURCES
+    except ImportError:  # pragma: no cover - older Triton
+        _OUT_OF_RESOURCES = ()
 except Exception:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
     HAS_TRITON = False
+    _OUT_OF_RESOURCES = ()
 
 #: number of launches of the tangent kernel (tests use it to check that T tangents make one launch)
 LAUNCHES = {"forward": 0, "jvp": 0}
@@ -325,6 +330,30 @@ def _tiles(SQ: int, SK: int, D: int, dtype: torch.dtype, precision: str, block_m
     return BLOCK_M, BLOCK_N, BLOCK_D, num_warps or w, num_stages or st
 
 
+#: smaller configurations tried, in order, when a launch needs more shared memory than the GPU has. Shared memory
+#: use depends on the Triton version: 128 x 32 / 3 stages (fp32, d = 64) fit an H100 under Triton 3.6 but need
+#: 240 KiB under Triton 3.9, and fp32 d = 128 fits only 32 x 32 tiles there (tests/triton_aot.py measures it).
+FALLBACK_TILES = ((64, 32, 4, 2), (64, 32, 4, 1), (32, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1))
+#: launch-shape key -> the configuration that fitted (so a too-large one is compiled and rejected only once)
+_FITTED: dict = {}
+
+
+def tile_candidates(SQ: int, SK: int, D: int, dtype: torch.dtype, precision: str, block_m=None, block_n=None,
+                    num_warps=None, num_stages=None) -> list:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) to try in order: the heuristic's choice (`_tiles`), then
+    the smaller `FALLBACK_TILES` (clipped to the sequence). Explicit tiles are tried alone."""
+    first = _tiles(SQ, SK, D, dtype, precision, block_m, block_n, num_warps, num_stages)
+    if any(v is not None for v in (block_m, block_n, num_warps, num_stages)):
+        return [first]
+    out = [first]
+    for bm, bn, w, st in FALLBACK_TILES:
+        c = (min(bm, max(16, _next_pow2(SQ))), min(bn, max(16, _next_pow2(SK))), first[2], w, st)
+        smaller = c[0] * c[1] * max(c[4], 1) < first[0] * first[1] * max(first[4], 1)
+        if c not in out and smaller:
+            out.append(c)
+    return out
+
+
 def _strides(t: Optional[Tensor], n: int):
     return tuple(t.stride()) if t is not None else (0,) * n
 
@@ -336,8 +365,7 @@ def _launch(q, k, v, mask, dq, dk, dv, out, stats, d_out, scale, stats_given, wr
     if DEFAULTS["tiles"] is not None and block_m is None and block_n is None and num_warps is None:
         block_m, block_n, num_warps, num_stages = DEFAULTS["tiles"]
     precision = _precision(q, fp32_precision) if q.dtype == torch.float32 else "tf32"  # 16-bit: unused
-    BLOCK_M, BLOCK_N, BLOCK_D, warps, stages = _tiles(SQ, SK, D, q.dtype, precision, block_m, block_n,
-                                                      num_warps, num_stages)
+    candidates = tile_candidates(SQ, SK, D, q.dtype, precision, block_m, block_n, num_warps, num_stages)
     if mask is not None:
         kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADD
         m4 = mask.expand(B, H, SQ, SK)
@@ -346,21 +374,33 @@ def _launch(q, k, v, mask, dq, dk, dv, out, stats, d_out, scale, stats_given, wr
     else:
         kind, m4 = _MASK_NONE, q
     dummy = q
-    grid = (triton.cdiv(SQ, BLOCK_M), B * H, max(1, T))
-    _attention_jvp_kernel[grid](
-        q, k, v, m4, dq if dq is not None else dummy, dk if dk is not None else dummy,
-        dv if dv is not None else dummy, out, stats, d_out if d_out is not None else dummy,
-        float(scale), H, SQ, SK, D,
-        *q.stride(), *k.stride(), *v.stride(),
-        *(m4.stride() if mask is not None else (0, 0, 0, 0)),
-        *_strides(dq, 5), *_strides(dk, 5), *_strides(dv, 5),
-        *out.stride(), *stats.stride(), *_strides(d_out, 5),
-        MASK_KIND=kind, HAS_DQ=dq is not None, HAS_DK=dk is not None, HAS_DV=dv is not None,
-        STATS_GIVEN=stats_given, WRITE_PRIMAL=write_primal,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, PRECISION=precision,
-        DOT_FP32=_INTERPRET and q.dtype != torch.float32,
-        num_warps=warps, num_stages=stages,
-    )
+    key = (q.device, q.dtype, SQ >= 256, _next_pow2(D), precision, kind, dq is not None, dk is not None,
+           dv is not None, stats_given, write_primal, candidates[0])
+    if key in _FITTED:
+        candidates = [_FITTED[key]]
+    for i, (BLOCK_M, BLOCK_N, BLOCK_D, warps, stages) in enumerate(candidates):
+        grid = (triton.cdiv(SQ, BLOCK_M), B * H, max(1, T))
+        try:
+            _attention_jvp_kernel[grid](
+                q, k, v, m4, dq if dq is not None else dummy, dk if dk is not None else dummy,
+                dv if dv is not None else dummy, out, stats, d_out if d_out is not None else dummy,
+                float(scale), H, SQ, SK, D,
+                *q.stride(), *k.stride(), *v.stride(),
+                *(m4.stride() if mask is not None else (0, 0, 0, 0)),
+                *_strides(dq, 5), *_strides(dk, 5), *_strides(dv, 5),
+                *out.stride(), *stats.stride(), *_strides(d_out, 5),
+                MASK_KIND=kind, HAS_DQ=dq is not None, HAS_DK=dk is not None, HAS_DV=dv is not None,
+                STATS_GIVEN=stats_given, WRITE_PRIMAL=write_primal,
+                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, PRECISION=precision,
+                DOT_FP32=_INTERPRET and q.dtype != torch.float32,
+                num_warps=warps, num_stages=stages,
+            )
+        except _OUT_OF_RESOURCES:  # too much shared memory for this GPU: the next, smaller configuration
+            if i == len(candidates) - 1:
+                raise
+            continue
+        _FITTED[key] = (BLOCK_M, BLOCK_N, BLOCK_D, warps, stages)
+        return
 
 
 def _empty_stats(q: Tensor) -> Tensor:
@@ -647,4 +687,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, sc
 
 
 __all__ = ["attention", "FusedAttention", "AttentionTangent", "attention_forward", "attention_tangent",
-           "attention_jvp", "attention_reference", "as_4d_mask", "HAS_TRITON", "LAUNCHES", "DEFAULTS"]
+           "attention_jvp", "attention_reference", "as_4d_mask", "tile_candidates", "HAS_TRITON", "LAUNCHES",
+           "DEFAULTS", "FALLBACK_TILES"]

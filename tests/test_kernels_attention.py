@@ -199,6 +199,37 @@ def test_kernel_reads_strided_inputs_and_writes_hf_layout():
     assert o.transpose(1, 2).is_contiguous()  # [B, S, H, d] memory, as HF's attention output
 
 
+@needs_kernel
+def test_launch_falls_back_to_smaller_tiles_when_shared_memory_runs_out(monkeypatch):
+    """A launch rejected for shared memory (OutOfResources, as Triton raises before running anything) is retried
+    with the next smaller tiles; the configuration that fitted is remembered for the next launch."""
+    from triton.runtime.errors import OutOfResources
+    real, tried = K._attention_jvp_kernel, []
+
+    class TooSmallGPU:  # accepts at most 32 x 32 tiles
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                tried.append((kw["BLOCK_M"], kw["BLOCK_N"], kw["num_stages"]))
+                if kw["BLOCK_M"] * kw["BLOCK_N"] > 32 * 32:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+                return real[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(K, "_attention_jvp_kernel", TooSmallGPU())
+    monkeypatch.setattr(K, "_FITTED", {})
+    q, k, v, dq, dk, dv = make(S=64, D=64, dtype=torch.bfloat16)
+    o, do = attention_jvp(q, k, v, dq, dk, dv, backend="triton")
+    ro, rdo = reference(q, k, v, dq, dk, dv, None, 64 ** -0.5)
+    close(o, ro, 3e-2)
+    close(do, rdo, 3e-2)
+    assert tried[0] == (64, 32, 2) and tried[-1][:2] == (32, 32) and len(tried) == 3
+    tried.clear()
+    attention_jvp(q, k, v, dq, dk, dv, backend="triton")
+    assert tried == [(32, 32, 2)]  # remembered: no second rejection
+    with pytest.raises(OutOfResources):  # explicit tiles are not second-guessed
+        attention_jvp(q, k, v, dq, dk, dv, backend="triton", block_m=64, block_n=64)
+
+
 # ------------------------------------------------------------------------------------ the autograd.Function
 BACKENDS = ["torch", pytest.param("triton", marks=needs_kernel)]
 
