@@ -6,6 +6,7 @@ each backend (IJ and BiLRP results identical to 1e-5 with kernels on and off), a
 Without a GPU the Triton kernel runs under the interpreter (TRITON_INTERPRET=1, set before anything imports triton).
 C++ tests are skipped when simattr._C is not built; the nvcc test when nvcc is absent.
 """
+import copy
 import os
 import shutil
 import subprocess
@@ -205,8 +206,12 @@ def _kernel_backends(device_type):
 
 @pytest.fixture(scope="module")
 def device_explainer(explainer):
-    """The bundled MiniLM on the GPU when there is one (the kernels' device), else the session's CPU explainer."""
-    return simattr.Explainer(device="cuda") if DEV == "cuda" else explainer
+    """The session's MiniLM on the GPU when there is one (a copy: the kernels' device), else as it is (CPU)."""
+    if DEV != "cuda":
+        return explainer
+    enc = copy.deepcopy(explainer.encoder_a)
+    enc.model.to(DEV)
+    return simattr.Explainer(enc)
 
 
 @pytest.mark.parametrize("method,mode", [("ij", "reverse"), ("ij", "cross"), ("bilrp", "reverse")])
