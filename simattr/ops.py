@@ -13,7 +13,7 @@ import os
 from typing import Tuple
 
 #: device type -> whether "auto" uses the compiled kernel there (set from benchmarks/bench_maxsim.py figures)
-#: CUDA: False until benchmarks/device_check.sh has measured Triton against PyTorch on a GPU (not yet done)
+#: CUDA: False until `benchmarks/gpu_session.sh kernels` has measured Triton against PyTorch on a GPU (not yet done)
 AUTO_KERNEL = {"cuda": False, "cpu": True}
 #: on CPU, "auto" takes the C++ kernel only when at most this share of the padded B x Sq x Sd score grid is unmasked:
 #: it skips masked tokens (2.4x faster than PyTorch on ragged lengths) but its micro-kernel is slower than MKL's
