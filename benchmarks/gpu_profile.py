@@ -540,18 +540,11 @@ def main():
                            "triton": getattr(K.triton, "__version__", None)}
     log(RESULTS["device"], RESULTS["versions"])
     torch.manual_seed(0)
-    if "a" in args.sections:
-        correctness(args)
-    if "b" in args.sections:
-        attention_bench(args)
-    if "c" in args.sections:
-        end_to_end(args)
-    if "d" in args.sections:
-        profile(args)
-    if "e" in args.sections:
-        bilrp_end_to_end(args)
-    if "f" in args.sections:
-        contraction_bench(args)
+    sections = {"a": correctness, "b": attention_bench, "c": end_to_end, "d": profile, "e": bilrp_end_to_end,
+                "f": contraction_bench}
+    for key, run_section in sections.items():  # in this order, whatever the order of --sections
+        if key in args.sections:
+            run_section(args)
     if "t" in args.sections:
         tile_sweep(args)
         if args.apply_best and RESULTS.get("t_sweep"):

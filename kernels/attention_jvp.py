@@ -348,7 +348,7 @@ def tile_candidates(SQ: int, SK: int, D: int, dtype: torch.dtype, precision: str
     out = [first]
     for bm, bn, w, st in FALLBACK_TILES:
         c = (min(bm, max(16, _next_pow2(SQ))), min(bn, max(16, _next_pow2(SK))), first[2], w, st)
-        smaller = c[0] * c[1] * max(c[4], 1) < first[0] * first[1] * max(first[4], 1)
+        smaller = c[0] * c[1] * c[4] < first[0] * first[1] * first[4]
         if c not in out and smaller:
             out.append(c)
     return out
@@ -374,8 +374,8 @@ def _launch(q, k, v, mask, dq, dk, dv, out, stats, d_out, scale, stats_given, wr
     else:
         kind, m4 = _MASK_NONE, q
     dummy = q
-    key = (q.device, q.dtype, SQ >= 256, _next_pow2(D), precision, kind, dq is not None, dk is not None,
-           dv is not None, stats_given, write_primal, candidates[0])
+    key = (q.device, q.dtype, precision, kind, dq is not None, dk is not None, dv is not None, stats_given,
+           write_primal, candidates[0])  # candidates[0] holds the tiles, BLOCK_D and what S chose
     if key in _FITTED:
         candidates = [_FITTED[key]]
     for i, (BLOCK_M, BLOCK_N, BLOCK_D, warps, stages) in enumerate(candidates):

@@ -87,17 +87,13 @@ def contract_triton(grads: torch.Tensor, tangent: torch.Tensor, weights: Optiona
     BLOCK_H = max(16, min(128, triton.next_power_of_2(H)))
     grid = (K, triton.cdiv(S, BLOCK_S))
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-        _launch(grid, grads, tangent, weights, unit_index, out, N, S, H, BLOCK_S, BLOCK_H, acc == torch.float64)
+        _contract_kernel[grid](
+            grads, tangent, weights, unit_index, out,
+            N, S, H,
+            grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
+            tangent.stride(0), tangent.stride(1),
+            out.stride(0),
+            BLOCK_S=BLOCK_S, BLOCK_H=BLOCK_H, F64=acc == torch.float64,
+            num_warps=4,
+        )
     return out
-
-
-def _launch(grid, grads, tangent, weights, unit_index, out, N, S, H, BLOCK_S, BLOCK_H, f64):
-    _contract_kernel[grid](
-        grads, tangent, weights, unit_index, out,
-        N, S, H,
-        grads.stride(0), grads.stride(1), grads.stride(2), grads.stride(3),
-        tangent.stride(0), tangent.stride(1),
-        out.stride(0),
-        BLOCK_S=BLOCK_S, BLOCK_H=BLOCK_H, F64=f64,
-        num_warps=4,
-    )

@@ -147,8 +147,8 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
 
     constant_softmax: derivatives treat the softmax as constant (CP-LRP); the forward values are unchanged.
     backend: "auto" (the Triton kernel on CUDA when Triton imports, PyTorch math elsewhere), "triton" or "torch";
-    None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). Models that do not dispatch through the registry (MPNet) are left as they are
-    (yielded unchanged). The previous implementation is restored on exit, also after an exception.
+    None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). Models that do not dispatch
+    through the registry (MPNet) are left as they are (yielded unchanged). The previous implementation is restored on exit, also after an exception.
     """
     hf = getattr(model, "model", model) if not hasattr(model, "config") else model
     if backend not in (None, "auto", "triton", "torch"):
@@ -167,5 +167,5 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
         _backend.reset(token)
 
 
-__all__ = ["choose", "CHOICES", "fused_attention", "kernel_backend", "current_backend", "register", "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX",
-           "EAGER_COMPATIBLE", "HAS_TRITON"]
+__all__ = ["choose", "CHOICES", "fused_attention", "kernel_backend", "current_backend", "register",
+           "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX", "EAGER_COMPATIBLE", "HAS_TRITON"]

@@ -15,14 +15,13 @@ benchmarks/RESULTS.md): see `AUTO_KERNEL`.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .errors import SimattrError
-from .ops import has_operator
+from .ops import has_operator, triton_runs_on
 
 BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
 #: device type -> the kernel "auto" uses there (None: the PyTorch reference). CPU: the C++ kernel, 2.3-10x faster
@@ -69,14 +68,6 @@ def _cuda_op() -> bool:
     return bool(getattr(mod, "with_cuda", lambda: False)())
 
 
-def _triton_ok(device_type: str) -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise SimattrError(f"unknown contraction backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -100,13 +91,13 @@ def choose_backend(device_type: str, backend: str = "auto") -> str:
                                "SIMATTR_BUILD_CUDA=1")
         return "cuda"
     if backend == "triton":
-        if not _triton_ok(device_type):
+        if not triton_runs_on(device_type):
             raise SimattrError("the Triton contraction kernel needs triton and CUDA tensors (or TRITON_INTERPRET=1)")
         return "triton"
     choice = AUTO_KERNEL.get(device_type)
     if choice == "cpp" and _has_op():
         return "cpp"
-    if choice == "triton" and _triton_ok(device_type):
+    if choice == "triton" and triton_runs_on(device_type):
         return "triton"
     if choice == "cuda" and _cuda_op():
         return "cuda"
@@ -134,7 +125,7 @@ def info() -> dict:
            "cuda": {"available": _cuda_op() and torch.cuda.is_available(),
                     "reason": "simattr._C built with CUDA" if _cuda_op() else
                     "simattr._C not built with CUDA (SIMATTR_BUILD_CUDA=1 with a CUDA torch)"},
-           "triton": {"available": _triton_ok("cuda") and torch.cuda.is_available(),
+           "triton": {"available": triton_runs_on("cuda") and torch.cuda.is_available(),
                       "reason": "Triton kernel on CUDA" if torch.cuda.is_available() else "no CUDA device"}}
     out["auto_cpu"] = choose_backend("cpu")
     out["auto_cuda"] = choose_backend("cuda") if torch.cuda.is_available() else "torch (no CUDA device)"

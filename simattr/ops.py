@@ -138,6 +138,11 @@ def _triton_usable() -> bool:
     return True
 
 
+def triton_runs_on(device_type: str) -> bool:
+    """Whether a Triton kernel can run on tensors of `device_type`: installed, and CUDA (or the interpreter)."""
+    return _triton_usable() and (device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def maxsim_torch(Q, C, Qmask=None, Cmask=None, chunk: int = 1 << 24):
     """PyTorch path: masked bmm + max over documents, chunked so no chunk's score tensor exceeds `chunk` elements.
     Same contract as the kernels (lowest index on ties; 0 and -1 for masked / document-less query tokens)."""
@@ -221,7 +226,7 @@ def choose_maxsim_backend(device_type: str, dtype, backend: str = "auto", densit
     if backend == "triton":
         if not _triton_usable():
             raise SimattrError("triton is not installed (pip install 'simattr[triton]')")
-        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if not triton_runs_on(device_type):
             raise SimattrError("the Triton maxsim kernel needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
         return "triton"
     if device_type == "cuda" and AUTO_KERNEL["cuda"] and _triton_usable():
