@@ -6,7 +6,8 @@ import inspect
 from .encoders import Encoder, load_encoder
 from .errors import SimattrError
 from .explanation import Explanation
-from .methods import BATCH_METHODS, METHODS
+from .methods import BATCH_METHODS, METHODS, PAIR_METHODS
+from .methods._setbased import as_list
 
 #: Captum-style names accepted as aliases of simattr's own option names
 ALIASES = {"n_steps": "steps", "baselines": "reference", "internal_batch_size": "internal_batch_size",
@@ -28,8 +29,10 @@ def _normalise_options(options: dict) -> dict:
 
 
 def method_options(fn) -> set:
-    """Keyword options a method function accepts (None: any, it takes **options)."""
-    params = list(inspect.signature(fn).parameters.values())[4:]
+    """Keyword options a method function accepts (None: any, it takes **options). A function with a `job` class
+    (ij, bilrp) takes that class's keyword options."""
+    job = getattr(fn, "job", None)
+    params = list(inspect.signature(job.__init__ if job else fn).parameters.values())[3 if job else 4:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
@@ -78,8 +81,7 @@ class Explainer:
         for name, text in (("a", a), ("b", b)):
             if not isinstance(text, str):
                 raise SimattrError(f"text {name} must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise SimattrError(f"text {name} is empty")
+            as_list(text, name)
         fn = METHODS[method]
         opts = select_options(method, fn, opts, soft)
         try:
@@ -89,26 +91,33 @@ class Explainer:
                 raise SimattrError(f"method {method!r} does not take option {str(exc).split('argument')[-1].strip()}") from None
             raise
 
-    def explain_many(self, a, b, method: str = "maxsim", *, soft_options: dict = None, **options) -> list:
+    def explain_many(self, a, b, method: str = "maxsim", *, all_pairs: bool = False, soft_options: dict = None,
+                     **options) -> list:
         """Explanations of many pairs: a and b lists of equal length, or one text on a side against a list on the
-        other (one query against many documents). Batched in one pass for maxsim, bertscore and ot; other methods
-        explain pair by pair."""
-        a_list = [a] if isinstance(a, str) else list(a)
-        b_list = [b] if isinstance(b, str) else list(b)
-        if len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
-            raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, or one text "
-                               f"on a side")
+        other (one query against many documents); all_pairs=True: every text of a with every text of b, returned
+        as a list of rows (len(a) lists of len(b) explanations).
+
+        maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
+        once and plan per pair whether A comes from two known G's or from cross passes (`simattr.pairs`)."""
+        a_list, b_list = as_list(a, "a"), as_list(b, "b")
+        if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
+            raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
+                               f"on a side, or all_pairs=True")
         if method not in METHODS:
             raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-        if method in BATCH_METHODS:
-            fn = BATCH_METHODS[method]
-            soft = {k: v for k, v in self.defaults.items() if k != "method"}
-            soft.update(_normalise_options(soft_options or {}))
-            opts = select_options(method, fn, _normalise_options(options), soft)
-            return fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts)
-        n = max(len(a_list), len(b_list))
-        return [self.explain(a_list[0 if len(a_list) == 1 else k], b_list[0 if len(b_list) == 1 else k],
-                             method=method, soft_options=soft_options, **options) for k in range(n)]
+        na, nb = len(a_list), len(b_list)
+        if all_pairs and method not in PAIR_METHODS:  # batch methods take aligned lists: spell the grid out
+            a_list, b_list = [t for t in a_list for _ in range(nb)], b_list * na
+        fn = BATCH_METHODS.get(method) or PAIR_METHODS[method]
+        soft = {k: v for k, v in self.defaults.items() if k != "method"}
+        soft.update(_normalise_options(soft_options or {}))
+        opts = select_options(method, fn, _normalise_options(options), soft)
+        if method in PAIR_METHODS:
+            opts["all_pairs"] = all_pairs
+        out = fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts)
+        if all_pairs:
+            out = [out[i * nb:(i + 1) * nb] for i in range(na)]
+        return out
 
 
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:

@@ -21,7 +21,7 @@ from . import contraction
 from .errors import NumericalError, SimattrError
 
 MODES = ("auto", "forward", "reverse")
-#: pair-level modes (methods/ij.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
+#: pair-level modes (simattr/pairs.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
 #: side with that side's G columns as cotangents: A directly, 2·min(U_a, U_b) passes instead of U_a + U_b
 PAIR_MODES = MODES + ("cross",)
 #: on the CPU, tokens (tangents x nodes x sequence length) per forward-mode chunk: larger batches only spill the
@@ -80,8 +80,8 @@ class Plan:
     estimated_bytes: int
     reason: str
     skipped_units: int = 0
-    #: reverse mode: the Jacobian-contraction backend (simattr.contraction: "auto", "torch", "cpp", "triton", "cuda");
-    #: after the run, the one that ran (None in forward mode, which has no contraction)
+    #: reverse mode: the Jacobian-contraction backend requested (simattr.contraction: "auto", "torch", "cpp",
+    #: "triton", "cuda"); after the run, the one that ran (None in forward mode, which has no contraction)
     contraction: Optional[str] = "auto"
 
     def as_dict(self):
@@ -116,8 +116,10 @@ def parse_memory(value) -> Optional[int]:
 
 
 def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: Optional[int] = None,
-         batch_size: Optional[int] = None, device=torch.device("cpu"), allow_forward: bool = True) -> Plan:
-    """Choose forward or reverse mode (fewer passes: units vs output dimensions) and chunk sizes for a budget."""
+         batch_size: Optional[int] = None, device=torch.device("cpu"), allow_forward: bool = True,
+         contraction: str = "auto") -> Plan:
+    """Choose forward or reverse mode (fewer passes: units vs output dimensions) and chunk sizes for a budget.
+    contraction: the reverse-mode contraction backend to request (`simattr.contraction`)."""
     if mode not in MODES:
         raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -151,7 +153,7 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
             u_c = max(1, min(D, (budget - n_c * saved) // max(n_c * per, 1)))
         est = n_c * saved + u_c * n_c * per
     return Plan(mode=mode, unit_chunk=int(u_c), node_chunk=int(n_c), budget_bytes=int(budget),
-                estimated_bytes=int(est), reason=reason)
+                estimated_bytes=int(est), reason=reason, contraction=contraction)
 
 
 def _check_finite(t: Tensor, what: str):

@@ -126,10 +126,12 @@ def test_result_fields_and_cosine_is_rescaled_dot(explainer):
 def test_conservation_without_biases_minilm(explainer):
     enc = copy.deepcopy(explainer.encoder_a)
     assert zero_biases(enc.model) > 20
-    e = simattr.Explainer(enc).explain(A, B, method="bilrp", sim="dot")
-    assert e.error <= 1e-4
-    assert e.extras["conservation"] == pytest.approx(1.0, abs=1e-5)
-    assert max(e.extras["residual_per_side"]) < 1e-5
+    for mode in ("auto", "forward"):  # auto: cross mode (the sides differ in length), one side's G only
+        e = simattr.Explainer(enc).explain(A, B, method="bilrp", sim="dot", mode=mode)
+        assert e.error <= 1e-4
+        assert e.extras["conservation"] == pytest.approx(1.0, abs=1e-5)
+        residual = [r for r in e.extras["residual_per_side"] if r is not None]
+        assert len(residual) == (1 if mode == "auto" else 2) and max(residual) < 1e-5
 
 
 @pytest.mark.parametrize("family", FAMILIES)

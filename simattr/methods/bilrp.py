@@ -15,15 +15,15 @@ biases are zero; with biases a share of the relevance is absorbed by them (`cons
 """
 from __future__ import annotations
 
-import time
+import contextlib
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .. import engine, rules
+from .. import engine, pairs, rules
 from ..contraction import check_backend as check_contraction
 from ..encoders import CallableEncoder, Encoder, Tokens
 from ..errors import SimattrError
@@ -40,6 +40,9 @@ class Side:
     x: Tensor  # [1, S, H] at the input of block `layer`
     units: Units
     fx: Tensor  # the model's embedding (no rules), normalised for cosine
+    f: Optional[Callable] = None  # the modified network f̃ (set by the job)
+    fmod: Optional[Tensor] = None  # f̃(x): equal to fx up to rounding (checked)
+    shape: Optional[engine.Shape] = None
 
 
 def check_sim(sim: str) -> str:
@@ -102,59 +105,119 @@ def relevance(f: Callable, x: Tensor, units: Units, out_dim: int, p: engine.Plan
     return engine.path_attribution(f, x, torch.zeros_like(x), [0.0], [1.0], units.matrix, out_dim, p, tangent=x)
 
 
-def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, layer: int = 0, units="token",
-                  sim: str = "cosine", rule: str = "cp", mode: str = "auto", max_memory=None,
-                  internal_batch_size=None, truncate: bool = False, contraction: str = "auto",
-                  attention: str = "auto") -> Explanation:
-    t_start = time.perf_counter()
-    check_sim(sim)
-    rules.check_rule(rule)
-    check_contraction(contraction)
-    for enc in (enc_a, enc_b):
-        check_encoder(enc)
-    units_a, units_b = units if isinstance(units, tuple) else (units, units)
-    budget = engine.parse_memory(max_memory)
-    same = enc_b is enc_a
-    attn = "fused" if all(choose_attention(e, attention, rule) == "fused" for e in (enc_a, enc_b)) else "eager"
-    with enc_a.prepared(), (enc_b.prepared() if not same else nullcontext()):
-        a = prepare_side(enc_a, text_a, layer, units_a, sim, truncate)
-        b = prepare_side(enc_b, text_b, layer, units_b, sim, truncate)
-        if a.fx.shape != b.fx.shape:
-            raise SimattrError(f"the two towers give embeddings of different sizes {tuple(a.fx.shape)} and "
-                               f"{tuple(b.fx.shape)}")
-        D = a.fx.shape[-1]
-        budget = budget or engine.default_budget(a.x.device)
-        roots = [enc_a.model, enc_a.head] + ([] if same else [enc_b.model, enc_b.head])
-        Gs, plans, fmods = [], [], []
-        with rules.applied(roots, rule, fused_attention=attn == "fused") as state:
-            for side in (a, b):
-                f = modified_function(side.encoder, side.tokens, layer, sim)
-                state.counter.reset()
-                with torch.no_grad():
-                    fmod = f(side.x)[0]
-                state.check_attention(side.encoder.num_layers)
-                check_value(fmod, side.fx)
-                shape = engine.Shape.of(side.encoder, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
-                shape.fused_attention = attn == "fused"
-                p = engine.plan(len(side.units), 1, shape, mode=mode, budget=budget,
-                                batch_size=internal_batch_size, device=side.x.device)
-                p.contraction = contraction
-                Gs.append(relevance(f, side.x, side.units, D, p))
-                plans.append(p.as_dict())
-                fmods.append(fmod)
-    A = Gs[0].T.double() @ Gs[1].double()
-    total = float(A.sum())
-    decomposed = float(fmods[0].double() @ fmods[1].double())
-    score = float(a.fx.double() @ b.fx.double())
-    residual = [float((G.sum(1).double() - fm.double()).norm() / fm.double().norm().clamp_min(1e-30))
-                for G, fm in zip(Gs, fmods)]
-    settings = {"layer": layer, "sim": sim, "rule": rule, "units": units if isinstance(units, str) else "spans",
-                "mode": [p["mode"] for p in plans], "model_a": enc_a.describe(),
-                "model_b": enc_b.describe() if not same else "same",
-                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
-                "attention": attn}
-    extras = {"conservation": total / decomposed if decomposed != 0 else None, "rule": rule, "sim": sim,
-              "residual_per_side": residual, "plans": plans, "seconds": time.perf_counter() - t_start}
-    return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
-                       score=score, terms={"decomposed": decomposed}, error=abs(total - decomposed),
-                       settings=settings, extras=extras)
+class BiLRPJob:
+    """BiLRP for one job — one pair or many, one set of options — as the hooks of `simattr.pairs.run`.
+
+    The rules are active only around the passes (and the check of each text's modified output): each text's
+    `fx` is the plain model's embedding, computed without them."""
+
+    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, units="token", sim: str = "cosine",
+                 rule: str = "cp", mode: str = "auto", max_memory=None, internal_batch_size=None,
+                 truncate: bool = False, contraction: str = "auto", attention: str = "auto"):
+        check_sim(sim)
+        rules.check_rule(rule)
+        check_contraction(contraction)
+        if mode not in engine.PAIR_MODES:
+            raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
+        for enc in (enc_a, enc_b):
+            check_encoder(enc)
+        self.encoders = (enc_a, enc_b)
+        self.units = units if isinstance(units, tuple) else (units, units)
+        self.units_option = units
+        self.layer, self.sim, self.rule, self.mode, self.truncate = layer, sim, rule, mode, truncate
+        self.budget = engine.parse_memory(max_memory)
+        self.batch_size, self.contraction = internal_batch_size, contraction
+        self.attn = "fused" if all(choose_attention(e, attention, rule) == "fused" for e in self.encoders) else "eager"
+        self.out_dim = None
+        same = enc_b is enc_a
+        self.roots = [enc_a.model, enc_a.head] + ([] if same else [enc_b.model, enc_b.head])
+
+    @contextlib.contextmanager
+    def context(self):
+        enc_a, enc_b = self.encoders
+        with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()):
+            yield
+
+    def rules_applied(self):
+        return rules.applied(self.roots, self.rule, fused_attention=self.attn == "fused")
+
+    def tower_key(self, tower: int):
+        same = self.encoders[0] is self.encoders[1] and self.units[0] == self.units[1]
+        return 0 if same else tower
+
+    def side(self, tower: int, text: str) -> Side:
+        enc = self.encoders[tower]
+        s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)
+        D = s.fx.shape[-1]
+        if self.out_dim is None:
+            self.out_dim = D
+        elif D != self.out_dim:
+            raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
+        s.f = modified_function(enc, s.tokens, self.layer, self.sim)
+        with self.rules_applied() as state:
+            state.counter.reset()
+            with torch.no_grad():
+                s.fmod = s.f(s.x)[0]
+            state.check_attention(enc.num_layers)
+        check_value(s.fmod, s.fx)
+        s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
+        s.shape.fused_attention = self.attn == "fused"
+        return s
+
+    def item(self, side: Side) -> pairs.Item:
+        return pairs.Item(len(side.units), side.tokens.length)
+
+    def begin(self, sides: dict, pair_ids: list):
+        self.budget = self.budget or engine.default_budget(next(iter(sides.values())).x.device)
+
+    def attribution(self, side: Side):
+        p = engine.plan(len(side.units), 1, side.shape, mode=self.mode if self.mode in engine.MODES else "auto",
+                        budget=self.budget, batch_size=self.batch_size, device=side.x.device,
+                        contraction=self.contraction)
+        with self.rules_applied():
+            G = relevance(side.f, side.x, side.units, self.out_dim, p)
+        return G, p.as_dict()
+
+    def cross(self, known: Side, G: Tensor, other: Side):
+        """VJPs of the modified network on `other` with the known side's G columns as cotangents: Gᵀ G_other."""
+        D = self.out_dim
+        p = engine.plan(D + 1, 1, other.shape, mode="reverse", budget=self.budget, batch_size=self.batch_size,
+                        device=other.x.device, contraction=self.contraction)
+        p.reason = f"cross mode: {G.shape[1]} cotangents (the other side's G columns) instead of {D}"
+        with self.rules_applied():
+            M = engine.path_attribution(other.f, other.x, torch.zeros_like(other.x), [0.0], [1.0],
+                                        other.units.matrix, D, p, tangent=other.x, cotangents=G.T)
+        return M, dict(p.as_dict(), mode="cross-reverse")
+
+    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
+        total = float(A.sum())
+        decomposed = float(a.fmod.double() @ b.fmod.double())
+        score = float(a.fx.double() @ b.fx.double())
+        residual = [None if G is None else
+                    float((G.sum(1).double() - s.fmod.double()).norm() / s.fmod.double().norm().clamp_min(1e-30))
+                    for G, s in ((G_a, a), (G_b, b))]
+        enc_a, enc_b = self.encoders
+        settings = {"layer": self.layer, "sim": self.sim, "rule": self.rule,
+                    "units": self.units_option if isinstance(self.units_option, str) else "spans",
+                    "mode": [p["mode"] for p in plans], "model_a": enc_a.describe(),
+                    "model_b": enc_b.describe() if enc_b is not enc_a else "same",
+                    "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device), "attention": self.attn}
+        extras = {"conservation": total / decomposed if decomposed != 0 else None, "rule": self.rule,
+                  "sim": self.sim, "residual_per_side": residual, "plans": plans, "seconds": seconds}
+        return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels,
+                           tokens_b=b.units.labels, score=score, terms={"decomposed": decomposed},
+                           error=abs(total - decomposed), settings=settings, extras=extras)
+
+
+def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:
+    """BiLRP of one pair; options: those of `BiLRPJob`."""
+    return pairs.explain_one(BiLRPJob(enc_a, enc_b, **options), text_a, text_b)
+
+
+def explain_bilrp_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False,
+                       **options) -> list:
+    """BiLRP of many pairs, each text's G at most once (`simattr.pairs`); options: those of `BiLRPJob`."""
+    return list(pairs.run(BiLRPJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
+
+
+explain_bilrp.job = explain_bilrp_many.job = BiLRPJob

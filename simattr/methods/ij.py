@@ -6,15 +6,15 @@ G_side[k, u] = ∫₀¹ ⟨∂f_k(r + α(x − r))/∂x, (x − r)|_u⟩ dα,   
 from __future__ import annotations
 
 import contextlib
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .. import engine, paths
+from .. import engine, pairs, paths
 from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens
 from ..errors import SimattrError
@@ -35,6 +35,7 @@ class Side:
     units: Units
     fx: Tensor
     fr: Tensor
+    shape: Optional[engine.Shape] = None  # the memory model's view of this input (set by the job)
 
     @property
     def delta(self) -> Tensor:
@@ -72,84 +73,142 @@ def predicted_error(ea: Tensor, eb: Tensor, da: Tensor, db: Tensor) -> float:
     return float(abs(ea @ db + da @ eb + ea @ eb))
 
 
-def choose_steps(a: Side, b: Side, rule: str, tol: float, shapes, budget: int, schedule=paths.AUTO_SCHEDULE):
-    """Smallest step count of the schedule whose completeness error (measured exactly with one full-tangent JVP
-    per node and side, against f(x) − f(r)) is under `tol`; the last one if none is."""
+def choose_steps(sides: dict, pairs: list, rule: str, tol: float, budget: int, schedule=paths.AUTO_SCHEDULE):
+    """Smallest step count of the schedule whose completeness error is under `tol` for every pair; the last one if
+    none is. The error is measured exactly with one full-tangent JVP per node and text (against f(x) − f(r)), each
+    text once however many pairs it is in. History: the largest error over the pairs at each count tried."""
     history = []
     for n in schedule:
         al, w = paths.nodes(rule, n)
-        ga = engine.full_tangent_integral(a.f, a.r, a.delta, al, w, shapes[0], budget)
-        gb = engine.full_tangent_integral(b.f, b.r, b.delta, al, w, shapes[1], budget)
-        da, db = (a.fx - a.fr).to(ga.dtype), (b.fx - b.fr).to(gb.dtype)
-        err = predicted_error(ga - da, gb - db, da, db)
-        history.append({"steps": n, "error": err})
-        if err <= tol:
+        err = {}  # text -> (Σ_u G[:, u] − Δf, Δf)
+        for t in {t for pair in pairs for t in pair}:
+            s = sides[t]
+            g = engine.full_tangent_integral(s.f, s.r, s.delta, al, w, s.shape, budget)
+            d = (s.fx - s.fr).to(g.dtype)
+            err[t] = (g - d, d)
+        worst = max(predicted_error(err[i][0], err[j][0], err[i][1], err[j][1]) for i, j in pairs)
+        history.append({"steps": n, "error": worst})
+        if worst <= tol:
             break
     return history[-1]["steps"], history
 
 
-def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, *, layer: int = 0, steps=50,
-               quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
-               exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
-               tol: float = 1e-4, truncate: bool = False, attention: str = "auto",
-               contraction: str = "auto") -> Explanation:
-    t_start = time.perf_counter()
-    if sim not in ("cosine", "dot"):
-        raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
-    rule = paths.canonical(quadrature)
-    check_contraction(contraction)
-    if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1)):
-        raise SimattrError(f"steps must be a positive integer or 'auto', got {steps!r}")
-    ref_a, ref_b = reference if isinstance(reference, (tuple, list)) else (reference, reference)
-    units_a, units_b = units if isinstance(units, tuple) else (units, units)
-    normalize = sim == "cosine"
-    budget = engine.parse_memory(max_memory)
-    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()), \
-            attention_context(enc_a, attention) as attn_a, \
-            (attention_context(enc_b, attention) if enc_b is not enc_a else nullcontext(attn_a)) as attn_b:
-        a = prepare_side(enc_a, text_a, layer, ref_a, units_a, normalize, truncate)
-        b = prepare_side(enc_b, text_b, layer, ref_b, units_b, normalize, truncate)
-        if a.fx.shape != b.fx.shape:
-            raise SimattrError(f"the two towers give embeddings of different sizes {tuple(a.fx.shape)} and "
-                               f"{tuple(b.fx.shape)}")
-        D = a.fx.shape[-1]
-        shapes = [engine.Shape.of(s.encoder, s.tokens.length, s.x.shape[-1], D, s.x.dtype) for s in (a, b)]
-        for shape, attn in zip(shapes, (attn_a, attn_b)):
-            shape.fused_attention = attn == "fused"
-        budget = budget or engine.default_budget(a.x.device)
-        history = None
+class IJJob:
+    """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `pairs.run`."""
+
+    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, steps=50,
+                 quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
+                 exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
+                 tol: float = 1e-4, truncate: bool = False, attention: str = "auto", contraction: str = "auto"):
+        if sim not in ("cosine", "dot"):
+            raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
+        self.rule = paths.canonical(quadrature)
+        check_contraction(contraction)
+        if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
+                                    and steps >= 1)):
+            raise SimattrError(f"steps must be a positive integer or 'auto', got {steps!r}")
+        if mode not in engine.PAIR_MODES:
+            raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
+        self.encoders = (enc_a, enc_b)
+        self.refs = tuple(reference) if isinstance(reference, (tuple, list)) else (reference, reference)
+        self.units = units if isinstance(units, tuple) else (units, units)
+        self.reference, self.units_option = reference, units
+        self.layer, self.steps, self.sim, self.exact, self.mode, self.tol = layer, steps, sim, exact, mode, tol
+        self.budget = engine.parse_memory(max_memory)
+        self.batch_size, self.truncate, self.attention, self.contraction = \
+            internal_batch_size, truncate, attention, contraction
+        self.out_dim, self.history, self.attn = None, None, ("eager", "eager")
+
+    @contextlib.contextmanager
+    def context(self):
+        enc_a, enc_b = self.encoders
+        with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()), \
+                attention_context(enc_a, self.attention) as attn_a, \
+                (attention_context(enc_b, self.attention) if enc_b is not enc_a else nullcontext(attn_a)) as attn_b:
+            self.attn = (attn_a, attn_b)
+            yield
+
+    def tower_key(self, tower: int):
+        same = self.encoders[0] is self.encoders[1] and _same(self.refs[0], self.refs[1]) \
+            and _same(self.units[0], self.units[1])
+        return 0 if same else tower
+
+    def side(self, tower: int, text: str) -> Side:
+        enc = self.encoders[tower]
+        s = prepare_side(enc, text, self.layer, self.refs[tower], self.units[tower], self.sim == "cosine",
+                         self.truncate)
+        D = s.fx.shape[-1]
+        if self.out_dim is None:
+            self.out_dim = D
+        elif D != self.out_dim:
+            raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
+        s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
+        s.shape.fused_attention = self.attn[tower] == "fused"
+        return s
+
+    def item(self, side: Side) -> pairs.Item:
+        return pairs.Item(active_units(side), side.tokens.length)
+
+    def begin(self, sides: dict, pair_ids: list):
+        device = next(iter(sides.values())).x.device
+        self.budget = self.budget or engine.default_budget(device)
+        steps = self.steps
         if steps == "auto":
-            steps, history = choose_steps(a, b, rule, tol, shapes, budget)
-        al, w = paths.nodes(rule, int(steps))
-        pair_mode = choose_pair_mode(mode, active_units(a), active_units(b), D)
-        if pair_mode == "cross":
-            A, Gs, plans = cross_mode(a, b, shapes, al, w, D, budget, internal_batch_size, contraction)
-        else:
-            Gs, plans = [], []
-            for side, shape in zip((a, b), shapes):
-                p = engine.plan(len(side.units), len(al), shape, mode=mode, budget=budget,
-                                batch_size=internal_batch_size, device=side.x.device)
-                p.contraction = contraction
-                G = engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D, p)
-                Gs.append(G)
-                plans.append(p.as_dict())
-            A = (Gs[0].T.double() @ Gs[1].double())
-    terms, target = similarity_terms(a, b, exact)
-    score = float((a.fx.double() * b.fx.double()).sum())
-    total = float(A.sum())
-    completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
-                    for G, s in zip(Gs, (a, b))]
-    settings = {"layer": layer, "steps": int(steps), "quadrature": rule, "sim": sim, "exact": exact,
-                "reference": _describe(reference), "units": units if isinstance(units, str) else "spans",
-                "mode": [p["mode"] for p in plans], "tol": tol if history else None,
-                "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
-                "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
-                "attention": [attn_a, attn_b]}
-    extras = {"completeness_per_side": completeness, "plans": plans, "steps_history": history,
-              "seconds": time.perf_counter() - t_start}
-    extras = {k: v for k, v in extras.items() if v is not None}
-    return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
-                       score=score, terms=terms, error=abs(total - target), settings=settings, extras=extras)
+            steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget)
+        self.n_steps = int(steps)
+        self.alphas, self.weights = paths.nodes(self.rule, self.n_steps)
+
+    def attribution(self, side: Side):
+        p = engine.plan(len(side.units), len(self.alphas), side.shape,
+                        mode=self.mode if self.mode in engine.MODES else "auto", budget=self.budget,
+                        batch_size=self.batch_size, device=side.x.device, contraction=self.contraction)
+        G = engine.path_attribution(side.f, side.r, side.delta, self.alphas, self.weights, side.units.matrix,
+                                    self.out_dim, p)
+        return G, p.as_dict()
+
+    def cross(self, known: Side, G: Tensor, other: Side):
+        """VJPs on `other` with the columns of the known side's G as cotangents:
+        M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u]."""
+        D = self.out_dim
+        p = engine.plan(D + 1, len(self.alphas), other.shape, mode="reverse", budget=self.budget,
+                        batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
+        p.reason = f"cross mode: {G.shape[1]} cotangents (the other side's G columns) instead of {D}"
+        M = engine.path_attribution(other.f, other.r, other.delta, self.alphas, self.weights, other.units.matrix,
+                                    D, p, cotangents=G.T)
+        return M, dict(p.as_dict(), mode="cross-reverse")
+
+    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
+        terms, target = similarity_terms(a, b, self.exact)
+        score = float((a.fx.double() * b.fx.double()).sum())
+        total = float(A.sum())
+        completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
+                        for G, s in ((G_a, a), (G_b, b))]
+        enc_a, enc_b = self.encoders
+        settings = {"layer": self.layer, "steps": self.n_steps, "quadrature": self.rule, "sim": self.sim,
+                    "exact": self.exact, "reference": _describe(self.reference),
+                    "units": self.units_option if isinstance(self.units_option, str) else "spans",
+                    "mode": [p["mode"] for p in plans], "tol": self.tol if self.history else None,
+                    "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
+                    "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
+                    "attention": list(self.attn)}
+        extras = {"completeness_per_side": completeness, "plans": plans, "steps_history": self.history,
+                  "seconds": seconds}
+        extras = {k: v for k, v in extras.items() if v is not None}
+        return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
+                           score=score, terms=terms, error=abs(total - target), settings=settings, extras=extras)
+
+
+def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:
+    """Integrated Jacobians of one pair; options: those of `IJJob`."""
+    return pairs.explain_one(IJJob(enc_a, enc_b, **options), text_a, text_b)
+
+
+def explain_ij_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False, **options) -> list:
+    """Integrated Jacobians of many pairs, each text's G at most once (`simattr.pairs`); options: those of `IJJob`."""
+    return list(pairs.run(IJJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
+
+
+explain_ij.job = explain_ij_many.job = IJJob
 
 
 def active_units(side: Side) -> int:
@@ -157,43 +216,14 @@ def active_units(side: Side) -> int:
     return len(engine.active_units(side.units.matrix, side.delta))
 
 
-def choose_pair_mode(mode: str, units_a: int, units_b: int, out_dim: int) -> str:
-    """"cross" when asked, or in "auto" whenever the sides have different numbers of active units: 2·min(U_a, U_b)
-    passes (JVPs on one side, as many VJPs on the other) instead of U_a + U_b (or D per side in reverse mode).
-    Measured (MiniLM, 1 thread): 7-token query vs 120-token document 11.9 s vs 176 s per-side forward; 5 vs 4
-    active units 1.75 s vs 1.9 s. Equal counts keep per-side mode, which also gives each side's G."""
-    if mode not in engine.PAIR_MODES:
-        raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
-    if mode == "cross":
-        return "cross"
-    small, large = sorted((units_a, units_b))
-    if mode == "auto" and 0 < small < large and small <= out_dim:
-        return "cross"
-    return "per-side"
-
-
-def cross_mode(a: Side, b: Side, shapes, alphas, weights, D: int, budget: int, batch_size,
-               contraction: str = "auto"):
-    """A without the larger side's G: forward mode gives G_small [D, U_s]; VJPs on the large side with the columns
-    of G_small as cotangents give M[j, u] = Σ_n w_n ⟨J_large(x_n)ᵀ G_small[:, j], T_u⟩ = (G_smallᵀ G_large)[j, u]."""
-    small_is_a = len(a.units) <= len(b.units)
-    (s_side, s_shape), (l_side, l_shape) = ((a, shapes[0]), (b, shapes[1])) if small_is_a else \
-        ((b, shapes[1]), (a, shapes[0]))
-    p_s = engine.plan(len(s_side.units), len(alphas), s_shape, mode="forward", budget=budget, batch_size=batch_size,
-                      device=s_side.x.device)
-    G_s = engine.path_attribution(s_side.f, s_side.r, s_side.delta, alphas, weights, s_side.units.matrix, D, p_s)
-    p_l = engine.plan(D + 1, len(alphas), l_shape, mode="reverse", budget=budget, batch_size=batch_size,
-                      device=l_side.x.device)
-    p_l.contraction = contraction
-    p_l.reason = f"cross mode: {G_s.shape[1]} cotangents (the other side's G columns) instead of {D}"
-    M = engine.path_attribution(l_side.f, l_side.r, l_side.delta, alphas, weights, l_side.units.matrix, D, p_l,
-                                cotangents=G_s.T)  # [U_s, U_l]
-    A = M.double() if small_is_a else M.T.double()  # rows: units of a
-    p_s_d, p_l_d = p_s.as_dict(), p_l.as_dict()
-    p_l_d["mode"] = "cross-reverse"
-    Gs = [G_s, None] if small_is_a else [None, G_s]
-    plans = [p_s_d, p_l_d] if small_is_a else [p_l_d, p_s_d]
-    return A, Gs, plans
+def _same(x, y) -> bool:
+    """Same reference / units option (tensors and callables by identity)."""
+    if x is y:
+        return True
+    try:
+        return isinstance(x, (str, list, tuple, type(None))) and bool(x == y)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _describe(ref):
