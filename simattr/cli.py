@@ -1,4 +1,4 @@
-"""Command line: `simattr explain A B [...]` and `simattr info`."""
+"""Command line: `simattr explain A B [...]`, `simattr explain-many PAIRS [...]` and `simattr info`."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,31 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="explain the similarity of two texts")
     e.add_argument("text_a")
     e.add_argument("text_b")
+    _add_options(e)
+    e.add_argument("--top", type=int, default=10, help="strongest interactions to print")
+    e.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    m = sub.add_parser("explain-many", help="explain many pairs (JSON lines out); each text's G at most once",
+                       description="Pairs from a file (JSON lines with 'a' and 'b', or two tab-separated columns; "
+                                   "'-': standard input), or every text of --texts-a with every text of --texts-b "
+                                   "(--all-pairs) or line by line. One JSON object per pair is written, in order.")
+    m.add_argument("pairs", nargs="?", default=None, help="JSON-lines or TSV file of pairs, '-' for stdin")
+    m.add_argument("--texts-a", default=None, help="file, one text a per line")
+    m.add_argument("--texts-b", default=None, help="file, one text b per line")
+    m.add_argument("--all-pairs", action="store_true", help="with --texts-a/--texts-b: every a with every b")
+    m.add_argument("--output", "-o", default=None, help="JSON-lines file to write (default: standard output)")
+    m.add_argument("--job-size", type=int, default=1000,
+                   help="pairs planned and computed together (their texts' G's shared); bounds memory")
+    _add_options(m)
+    i = sub.add_parser("info", help="which backends are available")
+    i.add_argument("--json", action="store_true")
+    if suppress:  # a parser whose namespace holds only the options given on the command line
+        for action in e._actions + m._actions:
+            action.default = argparse.SUPPRESS
+    return p
+
+
+def _add_options(e):
+    """The model and method options shared by explain and explain-many."""
     e.add_argument("--model", default=None, help="model directory or name (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--model-b", default=None, help="a second tower for text B (query/document encoders)")
     e.add_argument("--pooling", default=None, choices=["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"])
@@ -82,14 +107,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
                    help="subword-to-word aggregation with --units word (maxsim/bertscore: max, ot: sum)")
     s.add_argument("--backend", default=None, choices=["auto", "torch", "cpp", "triton"],
                    help="maxsim/bertscore: MaxSim kernel (default auto)")
-    e.add_argument("--top", type=int, default=10, help="strongest interactions to print")
-    e.add_argument("--json", action="store_true", help="print the explanation as JSON")
-    i = sub.add_parser("info", help="which backends are available")
-    i.add_argument("--json", action="store_true")
-    if suppress:  # a parser whose namespace holds only the options given on the command line
-        for action in e._actions:
-            action.default = argparse.SUPPRESS
-    return p
+    return e
 
 
 #: command-line destination -> method option name (None: not a method option)
@@ -135,26 +153,97 @@ def _read_corpus(path):
     return lines
 
 
-def _explain(args, argv=None) -> int:
+def _explainer(args, argv):
+    """(Explainer, explicit options, soft options); options the method does not take fail before the model loads."""
     import torch
 
-    from .api import Explainer
-
-    from .api import select_options
+    from .api import Explainer, select_options
     from .methods import METHODS
 
     explicit, soft = _method_options(args, argv)
     explicit.pop("method", None)
-    if args.method in METHODS:  # before loading the model: an option the method does not take fails fast
+    if args.method in METHODS:
         select_options(args.method, METHODS[args.method], explicit)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
                    max_length=args.max_length)
+    return ex, explicit, soft
+
+
+def _explain(args, argv=None) -> int:
+    ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
     if args.json:
         print(result.to_json())
     else:
         print(result.format(top=args.top))
+    return 0
+
+
+def _lines(path):
+    fh = sys.stdin if path == "-" else None
+    try:
+        if fh is None:
+            fh = open(path, encoding="utf-8")
+        with fh:
+            return [ln.rstrip("\n") for ln in fh]
+    except OSError as exc:
+        raise SimattrError(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def _read_pairs(args) -> list:
+    """[(index_a, index_b, text_a, text_b)] from the command line's sources."""
+    if args.pairs is not None:
+        if args.texts_a or args.texts_b or args.all_pairs:
+            raise SimattrError("give a pairs file, or --texts-a and --texts-b, not both")
+        out = []
+        for n, line in enumerate(_lines(args.pairs), 1):
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    obj = json.loads(line)
+                    a, b = obj.get("a", obj.get("text_a")), obj.get("b", obj.get("text_b"))
+                except (json.JSONDecodeError, AttributeError):
+                    a = b = None
+            else:
+                cols = line.split("\t")
+                a, b = cols if len(cols) == 2 else (None, None)
+            if not isinstance(a, str) or not isinstance(b, str):
+                raise SimattrError(f"{args.pairs}:{n}: expected a JSON object with 'a' and 'b' or two "
+                                   f"tab-separated texts")
+            out.append((len(out), len(out), a, b))
+        return out
+    if not (args.texts_a and args.texts_b):
+        raise SimattrError("give a pairs file, or --texts-a and --texts-b")
+    ta = [t for t in _lines(args.texts_a) if t.strip()]
+    tb = [t for t in _lines(args.texts_b) if t.strip()]
+    if args.all_pairs:
+        return [(i, j, a, b) for i, a in enumerate(ta) for j, b in enumerate(tb)]
+    if len(ta) != len(tb):
+        raise SimattrError(f"{len(ta)} texts a and {len(tb)} texts b: give equal numbers, or --all-pairs")
+    return [(k, k, a, b) for k, (a, b) in enumerate(zip(ta, tb))]
+
+
+def _explain_many(args, argv) -> int:
+    if args.job_size < 1:
+        raise SimattrError(f"--job-size must be positive, got {args.job_size}")
+    todo = _read_pairs(args)
+    if not todo:
+        raise SimattrError("no pairs to explain")
+    ex, explicit, soft = _explainer(args, argv)
+    out = sys.stdout if args.output is None else open(args.output, "w", encoding="utf-8")
+    try:
+        for k0 in range(0, len(todo), args.job_size):
+            block = todo[k0:k0 + args.job_size]
+            results = ex.explain_many([t[2] for t in block], [t[3] for t in block], method=args.method,
+                                      soft_options=soft, **explicit)
+            for k, ((i, j, _, _), e) in enumerate(zip(block, results), k0):
+                out.write(json.dumps({"index": k, "a": i, "b": j, **e.to_dict()}) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
     return 0
 
 
@@ -190,6 +279,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "explain":
             return _explain(args, argv)
+        if args.command == "explain-many":
+            return _explain_many(args, argv)
         return _info(args)
     except SimattrError as exc:
         print(f"simattr: error: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 from .engine import PAIR_MODES
@@ -47,7 +47,6 @@ class PairPlan:
     how: list  # per pair: "both", or "cross-a" / "cross-b" (the side whose G is known)
     cost: float  # modelled cost of this plan (passes x tokens)
     pairwise_cost: float  # modelled cost of explaining the pairs one by one (no G shared)
-    reasons: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"materialised": len(self.materialise), "cross": sum(h != "both" for h in self.how),
@@ -210,8 +209,11 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
             else:
                 M, pair_plans[0] = job.cross(sides[j], G[j], sides[i])
                 A = M.T.double()
-            yield job.explanation(sides[i], sides[j], A, G.get(i), G.get(j), pair_plans,
-                                  time.perf_counter() - t0 + setup)
+            e = job.explanation(sides[i], sides[j], A, G.get(i), G.get(j), pair_plans,
+                                time.perf_counter() - t0 + setup)
+            if len(ids) > 1:
+                e.extras["job"] = dict(pair_plan.as_dict(), pairs=len(ids), texts=len(items), how=how)
+            yield e
             for t in (i, j):  # a text's tensors are dropped after its last pair
                 remaining[t] -= 1
                 if remaining[t] == 0:

@@ -1,4 +1,6 @@
 import json
+
+import numpy as np
 import subprocess
 import sys
 
@@ -45,3 +47,33 @@ def test_console_script_runs():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "score" in r.stdout
+
+
+def test_cli_explain_many_pairs_file(tmp_path, capsys, explainer):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text('a cat sat\tthe dog ran\n\n{"a": "a cat sat", "b": "cats sleep"}\n', encoding="utf-8")
+    assert main(["explain-many", str(pairs), "--steps", "3", "--job-size", "1"]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [(d["index"], d["a"], d["b"]) for d in lines] == [(0, 0, 0), (1, 1, 1)]
+    one = explainer.explain("a cat sat", "cats sleep", steps=3)
+    np.testing.assert_allclose(np.array(lines[1]["matrix"]), one.matrix, atol=1e-6)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("only one column\n", encoding="utf-8")
+    assert main(["explain-many", str(bad)]) == 2
+    assert "bad.tsv:1" in capsys.readouterr().err
+
+
+def test_cli_explain_many_grid(tmp_path, capsys):
+    qa, qb, out = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "out.jsonl"
+    qa.write_text("a cat\ndogs\n", encoding="utf-8")
+    qb.write_text("the dog\ncats sleep\nbirds\n", encoding="utf-8")
+    assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb), "--all-pairs", "--method", "bilrp",
+                 "-o", str(out)]) == 0
+    rows = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    assert [(d["a"], d["b"]) for d in rows] == [(i, j) for i in range(2) for j in range(3)]
+    assert all(d["method"] == "bilrp" and d["job"]["pairs"] == 6 for d in rows)
+    assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb)]) == 2  # 2 vs 3 lines, no grid
+    assert "equal numbers" in capsys.readouterr().err
+    assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb), "--method", "bilrp", "--steps", "2",
+                 "--all-pairs"]) == 2
+    assert "does not take option 'steps'" in capsys.readouterr().err

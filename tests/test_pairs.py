@@ -1,0 +1,195 @@
+"""Many pairs on one engine (simattr/pairs.py): the planner's choices, and explain_many equal to explain pair by pair
+with each text's G computed at most once."""
+import contextlib
+
+import numpy as np
+import pytest
+
+import simattr
+from simattr import pairs
+from simattr.errors import SimattrError
+from simattr.pairs import Item, plan_pairs
+
+Q = "a cat"
+DOCS = ["the small dog ran quickly across the wide green park", "a cat sat on the mat", "cats"]
+
+
+# ---------------------------------------------------------------------------------------------- the planner
+def test_one_pair_is_the_single_pair_rule():
+    D = 384
+    # different active units: the smaller side is made, the other by cross passes (S of the long side cancels)
+    p = plan_pairs([Item(3, 5), Item(12, 14)], [(0, 1)], D)
+    assert p.materialise == {0} and p.how == ["cross-a"]
+    p = plan_pairs([Item(12, 14), Item(3, 5)], [(0, 1)], D)
+    assert p.materialise == {1} and p.how == ["cross-b"]
+    # equal units: per-side G (which also gives completeness per side)
+    p = plan_pairs([Item(4, 6), Item(4, 6)], [(0, 1)], D)
+    assert p.materialise == {0, 1} and p.how == ["both"]
+    # both sides over D: reverse mode per side beats cross passes with > D cotangents
+    p = plan_pairs([Item(500, 502), Item(600, 602)], [(0, 1)], D)
+    assert p.how == ["both"]
+    # forced modes
+    assert plan_pairs([Item(3, 5), Item(12, 14)], [(0, 1)], D, "forward").how == ["both"]
+    assert plan_pairs([Item(4, 6), Item(4, 6)], [(0, 1)], D, "cross").how == ["cross-a"]
+    # a text with itself: its G once, A = GᵀG
+    p = plan_pairs([Item(4, 6)], [(0, 0)], D)
+    assert p.materialise == {0} and p.how == ["both"]
+    with pytest.raises(SimattrError, match="mode"):
+        plan_pairs([Item(1, 3)], [(0, 0)], D, "sideways")
+
+
+def test_query_against_documents_makes_the_query_once():
+    D = 384
+    items = [Item(3, 5)] + [Item(u, u + 2) for u in (40, 2, 3, 60)]
+    p = plan_pairs(items, [(0, k) for k in range(1, 5)], D)
+    assert 0 in p.materialise
+    # long documents by cross passes (3 VJPs each), a 2-unit document by its own G (2 JVPs < 3 VJPs); a tie
+    # (3 units) keeps its G
+    assert p.how == ["cross-a", "both", "both", "cross-a"]
+    assert p.cost == 3 * 5 + 3 * 42 + 2 * 4 + 3 * 5 + 3 * 62
+    assert p.cost < p.pairwise_cost  # pair by pair the query's G would be made four times
+
+
+def test_grid_makes_each_text_once_or_crosses_it():
+    D = 384
+    qs = [Item(u, u + 2) for u in (3, 5, 4)]
+    ds = [Item(u, u + 2) for u in (20, 30, 25, 40)]
+    grid = [(i, 3 + j) for i in range(3) for j in range(4)]
+    # 3 short queries: a document's cross passes (3 + 5 + 4 = 12 VJPs) are cheaper than its G (>= 20 JVPs)
+    p = plan_pairs(qs + ds, grid, D)
+    assert p.materialise == {0, 1, 2} and set(p.how) == {"cross-a"}
+    assert p.cost == sum(q.units * q.length for q in qs) + sum(12 * d.length for d in ds)
+    # 8 queries: 8 x 5 = 40 VJPs per document would exceed its own G: every text once, A = G_aᵀ G_b
+    qs = [Item(5, 7) for _ in range(8)]
+    grid = [(i, 8 + j) for i in range(8) for j in range(4)]
+    p = plan_pairs(qs + ds, grid, D)
+    assert p.materialise == set(range(12)) and set(p.how) == {"both"}
+    assert p.cost == sum(it.units * it.length for it in qs + ds)
+    assert p.cost < p.pairwise_cost
+
+
+def test_planner_scales_to_large_jobs():
+    import random
+    rng = random.Random(0)
+    items = [Item(rng.randint(2, 60), 0) for _ in range(3000)]
+    for it in items:
+        it.length = it.units + 2
+    pair_ids = [(rng.randrange(100), 100 + rng.randrange(2900)) for _ in range(20000)]
+    p = plan_pairs(items, pair_ids, 384)
+    assert len(p.how) == 20000 and p.cost <= p.pairwise_cost
+    for (i, j), how in zip(pair_ids, p.how):  # every pair is covered by a made G
+        assert (i in p.materialise) if how in ("cross-a", "both") else (j in p.materialise)
+        if how == "both":
+            assert j in p.materialise
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+@contextlib.contextmanager
+def counting(monkeypatch, job_cls):
+    """Count the G's made and the cross passes of a job class."""
+    counts = {"attribution": [], "cross": 0}
+    attribution, cross = job_cls.attribution, job_cls.cross
+
+    def counted_attribution(self, side):
+        counts["attribution"].append(side.tokens.length)
+        return attribution(self, side)
+
+    def counted_cross(self, known, G, other):
+        counts["cross"] += 1
+        return cross(self, known, G, other)
+    monkeypatch.setattr(job_cls, "attribution", counted_attribution)
+    monkeypatch.setattr(job_cls, "cross", counted_cross)
+    yield counts
+
+
+@pytest.mark.parametrize("method", ["ij", "bilrp"])
+def test_query_against_documents_equals_pair_by_pair(explainer, monkeypatch, method):
+    from simattr.methods.bilrp import BiLRPJob
+    from simattr.methods.ij import IJJob
+    opts = dict(steps=3) if method == "ij" else {}
+    one = [explainer.explain(Q, d, method=method, **opts) for d in DOCS]
+    with counting(monkeypatch, IJJob if method == "ij" else BiLRPJob) as counts:
+        many = explainer.explain_many(Q, DOCS, method=method, **opts)
+    assert len(many) == len(DOCS)
+    for e1, em in zip(one, many):
+        assert em.method == method and em.tokens_a == e1.tokens_a and em.tokens_b == e1.tokens_b
+        np.testing.assert_allclose(em.matrix, e1.matrix, atol=1e-6)
+        assert em.score == pytest.approx(e1.score, abs=1e-7)
+        assert em.error == pytest.approx(e1.error, abs=1e-6)
+        assert em.terms == pytest.approx(e1.terms, abs=1e-7)
+    # the query's G once, not once per pair; the plans say which pairs reused it
+    n_query = len(explainer.encoder_a.tokenize(Q).tokens)
+    assert counts["attribution"].count(n_query) == 1
+    assert len(counts["attribution"]) + counts["cross"] < 2 * len(DOCS)
+    reused = [p.get("reused", False) for e in many for p in e.extras["plans"]]
+    assert sum(reused) >= len(DOCS) - 1
+
+
+@pytest.mark.parametrize("method", ["ij", "bilrp"])
+def test_all_pairs_grid(explainer, monkeypatch, method):
+    from simattr.methods.bilrp import BiLRPJob
+    from simattr.methods.ij import IJJob
+    qs, ds = ["a cat sat", "dogs run", "a cat sat"], DOCS[1:]  # a repeated text: its G once as well
+    opts = dict(steps=2) if method == "ij" else {}
+    with counting(monkeypatch, IJJob if method == "ij" else BiLRPJob) as counts:
+        grid = explainer.explain_many(qs, ds, method=method, all_pairs=True, **opts)
+    assert len(grid) == 3 and all(len(row) == 2 for row in grid)
+    assert len(counts["attribution"]) + counts["cross"] <= 4  # 2 distinct queries + 2 documents
+    for i, q in enumerate(qs):
+        for j, d in enumerate(ds):
+            e1 = explainer.explain(q, d, method=method, **opts)
+            np.testing.assert_allclose(grid[i][j].matrix, e1.matrix, atol=1e-6)
+            assert grid[i][j].tokens_a == e1.tokens_a and grid[i][j].tokens_b == e1.tokens_b
+
+
+def test_aligned_lists_and_both_towers(explainer, tokenizer):
+    from tests.conftest import tiny_model
+    enc_a, enc_b = (simattr.Encoder(tiny_model("bert", seed=s), tokenizer, pooling="mean", name=f"t{s}")
+                    for s in (0, 1))
+    ex = simattr.Explainer(enc_a, enc_b)
+    a, b = ["a cat sat", "the dog", "a cat sat"], ["the dog", "a cat sat", "a cat sat"]
+    many = ex.explain_many(a, b, method="ij", steps=4)
+    for k in range(3):  # two towers: the same text on both sides is two different G's
+        np.testing.assert_allclose(many[k].matrix, ex.explain(a[k], b[k], method="ij", steps=4).matrix, atol=1e-6)
+    assert many[2].extras["plans"][0].get("reused") and many[2].extras["plans"][1].get("reused")
+
+
+def test_steps_auto_holds_every_pair(explainer):
+    many = explainer.explain_many(Q, DOCS[:2], method="ij", steps="auto", tol=1e-3)
+    steps = {e.settings["steps"] for e in many}
+    assert len(steps) == 1  # one step count for the job, so the G's can be shared
+    history = many[0].extras["steps_history"]
+    assert history[-1]["steps"] == steps.pop()
+    for e in many:
+        assert e.error <= 1e-3 or history[-1]["steps"] == 256
+    # the job's count is the largest any single pair needs
+    single = max(explainer.explain(Q, d, steps="auto", tol=1e-3).settings["steps"] for d in DOCS[:2])
+    assert many[0].settings["steps"] == single
+
+
+def test_set_based_methods_all_pairs(explainer):
+    grid = explainer.explain_many(["a cat", "dogs"], DOCS, method="maxsim", all_pairs=True)
+    assert len(grid) == 2 and all(len(row) == 3 for row in grid)
+    np.testing.assert_allclose(grid[1][2].matrix, explainer.explain("dogs", DOCS[2], method="maxsim").matrix,
+                               atol=1e-6)
+
+
+def test_errors_and_the_model_restored(explainer):
+    with pytest.raises(SimattrError, match="equal numbers"):
+        explainer.explain_many(["a", "b"], ["c", "d", "e"], method="ij", steps=1)
+    with pytest.raises(SimattrError, match="empty"):
+        explainer.explain_many(["a", " "], ["c", "d"], method="ij", steps=1)
+    with pytest.raises(SimattrError, match="does not take"):
+        explainer.explain_many(["a"], ["c"], method="bilrp", steps=1)
+    # an iterator left half way closes its job: the model is back in the user's state
+    model = explainer.encoder_a.model
+    model.train()
+    try:
+        from simattr.methods.ij import IJJob
+        it = pairs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps=1), [Q], DOCS)
+        next(it)
+        assert not model.training
+        it.close()
+        assert model.training
+    finally:
+        model.eval()
