@@ -7,6 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import SimattrError
+
 
 @dataclass
 class Explanation:
@@ -46,6 +48,24 @@ class Explanation:
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Explanation":
+        """The inverse of `to_dict` (also reads a line of `simattr explain-many`): keys other than the fields go
+        to `extras` (`total` is recomputed from the matrix)."""
+        d = dict(data)
+        missing = [k for k in ("method", "matrix", "tokens_a", "tokens_b", "score") if k not in d]
+        if missing:
+            raise SimattrError(f"not an explanation: no {', '.join(missing)}")
+        d.pop("total", None)
+        matrix = np.asarray(d.pop("matrix"), dtype=np.float64).reshape(len(d["tokens_a"]), len(d["tokens_b"]))
+        return cls(method=d.pop("method"), matrix=matrix, tokens_a=list(d.pop("tokens_a")),
+                   tokens_b=list(d.pop("tokens_b")), score=float(d.pop("score")), terms=dict(d.pop("terms", {})),
+                   error=d.pop("error", None), settings=dict(d.pop("settings", {})), extras=d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Explanation":
+        return cls.from_dict(json.loads(text))
 
     def format(self, top: int = 10, max_tokens: int = 24) -> str:
         """A readable report: score, checks, the matrix (if small) and the strongest interactions."""

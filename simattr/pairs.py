@@ -151,8 +151,9 @@ class PairJob(Protocol):
     def attribution(self, side):
         """(G [D, U], plan dict) of one text."""
 
-    def cross(self, known, G, other):
-        """(M [U_known, U_other] = G_knownᵀ G_other, plan dict) by VJPs on `other` with cotangents G.T."""
+    def cross(self, Gs: list, other):
+        """([M_k [U_k, U_other] = G_kᵀ G_other for each G_k], plan dict): one reverse-mode run on `other` whose
+        cotangents are the columns of every G_k (the primal pass and its saved activations shared)."""
 
     def explanation(self, a, b, A, G_a, G_b, plans: list, seconds: float):
         ...
@@ -190,25 +191,43 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         for i, j in ids:
             remaining[i] += 1
             remaining[j] += 1
-        G, plans = {}, {}
+        by_other = {}  # text -> the pairs that get A by cross passes on it, in order
+        for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
+            if how != "both":
+                by_other.setdefault(j if how == "cross-a" else i, []).append(k)
+        G, plans, reported, crossed = {}, {}, set(), {}
+
+        def made(t):
+            if t not in G:
+                G[t], plans[t] = job.attribution(sides[t])
+            return G[t]
+
         for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
             t0 = time.perf_counter()
-            pair_plans = [None, None]
-            for pos, t in enumerate((i, j)):
-                if t in pair_plan.materialise:
-                    if t not in G:
-                        G[t], plans[t] = job.attribution(sides[t])
-                        pair_plans[pos] = plans[t]
-                    else:
-                        pair_plans[pos] = dict(plans[t], reused=True)
             if how == "both":
-                A = G[i].T.double() @ G[j].double()
-            elif how == "cross-a":
-                M, pair_plans[1] = job.cross(sides[i], G[i], sides[j])
-                A = M.double()
+                A = made(i).T.double() @ made(j).double()
             else:
-                M, pair_plans[0] = job.cross(sides[j], G[j], sides[i])
-                A = M.T.double()
+                known, other = (i, j) if how == "cross-a" else (j, i)
+                if k not in crossed:  # one cross run for every later pair crossing on the same text
+                    group = [q for q in by_other[other] if q >= k and q not in crossed]
+                    knowns = list(dict.fromkeys(ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
+                                                for q in group))
+                    Ms, cross_plan = job.cross([made(t) for t in knowns], sides[other])
+                    M_of = dict(zip(knowns, Ms))
+                    share = (time.perf_counter() - t0) / len(group)
+                    for q in group:
+                        kq = ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
+                        crossed[q] = (M_of[kq], dict(cross_plan, pairs_in_run=len(group)), share)
+                    t0 = time.perf_counter() - share
+                M, cross_plan, _ = crossed.pop(k)
+                A = M.double() if how == "cross-a" else M.T.double()
+            pair_plans = []
+            for t in (i, j):
+                if t in G:
+                    pair_plans.append(plans[t] if t not in reported else dict(plans[t], reused=True))
+                    reported.add(t)
+                else:
+                    pair_plans.append(cross_plan)
             e = job.explanation(sides[i], sides[j], A, G.get(i), G.get(j), pair_plans,
                                 time.perf_counter() - t0 + setup)
             if len(ids) > 1:

@@ -1,9 +1,11 @@
 import json
-
-import numpy as np
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from simattr import Explanation, SimattrError
 from simattr.cli import main
 
 
@@ -57,6 +59,14 @@ def test_cli_explain_many_pairs_file(tmp_path, capsys, explainer):
     assert [(d["index"], d["a"], d["b"]) for d in lines] == [(0, 0, 0), (1, 1, 1)]
     one = explainer.explain("a cat sat", "cats sleep", steps=3)
     np.testing.assert_allclose(np.array(lines[1]["matrix"]), one.matrix, atol=1e-6)
+    back = Explanation.from_dict(lines[1])  # a line read back: the fields, the rest in extras
+    assert back.tokens_a == one.tokens_a and back.settings["steps"] == 3 and back.extras["index"] == 1
+    np.testing.assert_allclose(back.matrix, one.matrix, atol=1e-6)
+    assert back.total == pytest.approx(lines[1]["total"]) and back.error == pytest.approx(one.error, abs=1e-6)
+    again = Explanation.from_json(one.to_json())
+    assert again.to_dict() == one.to_dict()
+    with pytest.raises(SimattrError, match="not an explanation"):
+        Explanation.from_dict({"method": "ij"})
     bad = tmp_path / "bad.tsv"
     bad.write_text("only one column\n", encoding="utf-8")
     assert main(["explain-many", str(bad)]) == 2

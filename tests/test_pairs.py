@@ -87,16 +87,17 @@ def test_planner_scales_to_large_jobs():
 @contextlib.contextmanager
 def counting(monkeypatch, job_cls):
     """Count the G's made and the cross passes of a job class."""
-    counts = {"attribution": [], "cross": 0}
+    counts = {"attribution": [], "cross": 0, "cross_runs": 0}
     attribution, cross = job_cls.attribution, job_cls.cross
 
     def counted_attribution(self, side):
         counts["attribution"].append(side.tokens.length)
         return attribution(self, side)
 
-    def counted_cross(self, known, G, other):
-        counts["cross"] += 1
-        return cross(self, known, G, other)
+    def counted_cross(self, Gs, other):
+        counts["cross"] += len(Gs)
+        counts["cross_runs"] += 1
+        return cross(self, Gs, other)
     monkeypatch.setattr(job_cls, "attribution", counted_attribution)
     monkeypatch.setattr(job_cls, "cross", counted_cross)
     yield counts
@@ -193,3 +194,24 @@ def test_errors_and_the_model_restored(explainer):
         assert model.training
     finally:
         model.eval()
+
+
+def test_cross_passes_on_one_text_run_once(explainer, monkeypatch):
+    """Two queries against one long document: one reverse-mode run on the document with both queries' G columns
+    as cotangents (its primal pass shared), split back per pair."""
+    from simattr.methods.ij import IJJob
+    qs, doc = ["a cat", "dogs run fast"], DOCS[0]
+    with counting(monkeypatch, IJJob) as counts:
+        many = explainer.explain_many(qs, doc, method="ij", steps=2, all_pairs=True)
+    assert counts["cross_runs"] == 1 and counts["cross"] == 2
+    for q, row in zip(qs, many):
+        e = row[0]
+        assert e.extras["job"]["how"] == "cross-a"
+        assert e.extras["plans"][1]["mode"] == "cross-reverse" and e.extras["plans"][1]["pairs_in_run"] == 2
+        np.testing.assert_allclose(e.matrix, explainer.explain(q, doc, steps=2).matrix, atol=1e-6)
+
+
+def test_one_tower_shares_a_text_across_sides(explainer):
+    many = explainer.explain_many(["a cat sat", "the dog"], ["the dog", "a cat sat"], method="bilrp")
+    assert many[0].extras["job"]["texts"] == 2  # one encoder: "the dog" as a and as b is one G
+    np.testing.assert_allclose(many[1].matrix, many[0].matrix.T, atol=1e-6)

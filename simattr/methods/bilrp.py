@@ -178,16 +178,18 @@ class BiLRPJob:
             G = relevance(side.f, side.x, side.units, self.out_dim, p)
         return G, p.as_dict()
 
-    def cross(self, known: Side, G: Tensor, other: Side):
-        """VJPs of the modified network on `other` with the known side's G columns as cotangents: Gᵀ G_other."""
+    def cross(self, Gs: list, other: Side):
+        """VJPs of the modified network on `other` with the known sides' G columns as cotangents (one run):
+        Gᵀ G_other for each G."""
         D = self.out_dim
+        cot = torch.cat([G.T for G in Gs])
         p = engine.plan(D + 1, 1, other.shape, mode="reverse", budget=self.budget, batch_size=self.batch_size,
                         device=other.x.device, contraction=self.contraction)
-        p.reason = f"cross mode: {G.shape[1]} cotangents (the other side's G columns) instead of {D}"
+        p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
         with self.rules_applied():
             M = engine.path_attribution(other.f, other.x, torch.zeros_like(other.x), [0.0], [1.0],
-                                        other.units.matrix, D, p, tangent=other.x, cotangents=G.T)
-        return M, dict(p.as_dict(), mode="cross-reverse")
+                                        other.units.matrix, D, p, tangent=other.x, cotangents=cot)
+        return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
 
     def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
         total = float(A.sum())

@@ -166,16 +166,17 @@ class IJJob:
                                     self.out_dim, p)
         return G, p.as_dict()
 
-    def cross(self, known: Side, G: Tensor, other: Side):
-        """VJPs on `other` with the columns of the known side's G as cotangents:
-        M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u]."""
+    def cross(self, Gs: list, other: Side):
+        """VJPs on `other` with the columns of the known sides' G's as cotangents, in one reverse-mode run:
+        M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u], split back per G."""
         D = self.out_dim
+        cot = torch.cat([G.T for G in Gs])
         p = engine.plan(D + 1, len(self.alphas), other.shape, mode="reverse", budget=self.budget,
                         batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
-        p.reason = f"cross mode: {G.shape[1]} cotangents (the other side's G columns) instead of {D}"
+        p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
         M = engine.path_attribution(other.f, other.r, other.delta, self.alphas, self.weights, other.units.matrix,
-                                    D, p, cotangents=G.T)
-        return M, dict(p.as_dict(), mode="cross-reverse")
+                                    D, p, cotangents=cot)
+        return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
 
     def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
         terms, target = similarity_terms(a, b, self.exact)
