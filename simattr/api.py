@@ -98,7 +98,7 @@ class Explainer:
         as a list of rows (len(a) lists of len(b) explanations).
 
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
-        once and plan per pair whether A comes from two known G's or from cross passes (`simattr.pairs`)."""
+        once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""
         a_list, b_list = as_list(a, "a"), as_list(b, "b")
         if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
             raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "

@@ -39,6 +39,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     _add_options(e)
     e.add_argument("--top", type=int, default=10, help="strongest interactions to print")
     e.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    e.add_argument("--html", default=None, metavar="FILE", help="also write an HTML heatmap of the matrix")
+    e.add_argument("--png", default=None, metavar="FILE", help="also write a PNG heatmap (needs matplotlib)")
     m = sub.add_parser("explain-many", help="explain many pairs (JSON lines out); each text's G at most once",
                        description="Pairs from a file (JSON lines with 'a' and 'b', or two tab-separated columns; "
                                    "'-': standard input), or every text of --texts-a with every text of --texts-b "
@@ -50,6 +52,11 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--output", "-o", default=None, help="JSON-lines file to write (default: standard output)")
     m.add_argument("--job-size", type=int, default=1000,
                    help="pairs planned and computed together (their texts' G's shared); bounds memory")
+    m.add_argument("--resume", action="store_true",
+                   help="with --output: keep the pairs already written there (a cut last line is dropped), "
+                        "append the rest")
+    m.add_argument("--shard", default=None, metavar="K/N",
+                   help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
     _add_options(m)
     i = sub.add_parser("info", help="which backends are available")
     i.add_argument("--json", action="store_true")
@@ -173,6 +180,10 @@ def _explainer(args, argv):
 def _explain(args, argv=None) -> int:
     ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
+    if args.html:
+        result.to_html(args.html)
+    if args.png:
+        result.to_png(args.png)
     if args.json:
         print(result.to_json())
     else:
@@ -225,20 +236,58 @@ def _read_pairs(args) -> list:
     return [(k, k, a, b) for k, (a, b) in enumerate(zip(ta, tb))]
 
 
+def _shard(spec: str, n: int) -> range:
+    try:
+        k, parts = (int(v) for v in spec.split("/"))
+    except ValueError:
+        k, parts = -1, 0
+    if not 0 <= k < parts:
+        raise SimattrError(f"--shard takes K/N with 0 <= K < N, not {spec!r}")
+    return range(k * n // parts, (k + 1) * n // parts)
+
+
+def _written(path) -> set:
+    """Indices of the pairs already in an explain-many output; a last line cut short (a killed run) is removed."""
+    import os
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            fh.truncate(end)
+    done = set()
+    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+        try:
+            done.add(int(json.loads(line)["index"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise SimattrError(f"{path}:{n}: not a line of simattr explain-many; cannot resume") from None
+    return done
+
+
 def _explain_many(args, argv) -> int:
     if args.job_size < 1:
         raise SimattrError(f"--job-size must be positive, got {args.job_size}")
-    todo = _read_pairs(args)
+    if args.resume and not args.output:
+        raise SimattrError("--resume needs --output")
+    todo = list(enumerate(_read_pairs(args)))  # (global index, (index_a, index_b, text_a, text_b))
     if not todo:
         raise SimattrError("no pairs to explain")
+    if args.shard:
+        todo = [todo[k] for k in _shard(args.shard, len(todo))]
+    if args.resume:
+        done = _written(args.output)
+        todo = [t for t in todo if t[0] not in done]
+        if not todo:
+            return 0
     ex, explicit, soft = _explainer(args, argv)
-    out = sys.stdout if args.output is None else open(args.output, "w", encoding="utf-8")
+    out = sys.stdout if args.output is None else open(args.output, "a" if args.resume else "w", encoding="utf-8")
     try:
         for k0 in range(0, len(todo), args.job_size):
             block = todo[k0:k0 + args.job_size]
-            results = ex.explain_many([t[2] for t in block], [t[3] for t in block], method=args.method,
+            results = ex.explain_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
                                       soft_options=soft, **explicit)
-            for k, ((i, j, _, _), e) in enumerate(zip(block, results), k0):
+            for (k, (i, j, _, _)), e in zip(block, results):
                 out.write(json.dumps({"index": k, "a": i, "b": j, **e.to_dict()}) + "\n")
             out.flush()
     finally:
@@ -285,6 +334,10 @@ def main(argv=None) -> int:
     except SimattrError as exc:
         print(f"simattr: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`simattr explain ... | head`): not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

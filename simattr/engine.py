@@ -21,7 +21,7 @@ from . import contraction
 from .errors import NumericalError, SimattrError
 
 MODES = ("auto", "forward", "reverse")
-#: pair-level modes (simattr/pairs.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
+#: pair-level modes (simattr/jobs.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
 #: side with that side's G columns as cotangents: A directly, 2·min(U_a, U_b) passes instead of U_a + U_b
 PAIR_MODES = MODES + ("cross",)
 #: on the CPU, tokens (tangents x nodes x sequence length) per forward-mode chunk: larger batches only spill the

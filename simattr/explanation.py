@@ -94,6 +94,19 @@ class Explanation:
     def __str__(self):
         return self.format()
 
+    def to_html(self, path=None, **kwargs) -> str:
+        """A self-contained HTML heatmap (`simattr.viz.to_html`); written to `path` if given."""
+        from .viz import to_html
+        return to_html(self, path, **kwargs)
+
+    def to_png(self, path, **kwargs):
+        """A PNG heatmap (`simattr.viz.to_png`, needs matplotlib)."""
+        from .viz import to_png
+        return to_png(self, path, **kwargs)
+
+    def _repr_html_(self) -> str:  # Jupyter
+        return self.to_html()
+
 
 def _plain(v):
     if isinstance(v, dict):

@@ -87,3 +87,38 @@ def test_cli_explain_many_grid(tmp_path, capsys):
     assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb), "--method", "bilrp", "--steps", "2",
                  "--all-pairs"]) == 2
     assert "does not take option 'steps'" in capsys.readouterr().err
+
+
+def test_cli_explain_many_resume_and_shards(tmp_path, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{a}\t{b}\n" for a, b in [("a cat", "the dog"), ("dogs", "a cat"), ("birds", "cats"),
+                                                        ("a cat", "birds")]), encoding="utf-8")
+    full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
+    opts = ["--method", "bilrp", "--job-size", "2"]
+    assert main(["explain-many", str(pairs), "-o", str(full)] + opts) == 0
+    lines = full.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2, 3]
+    # a run killed after two pairs and half a line: resume drops the cut line and appends the rest
+    out.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:40], encoding="utf-8")
+    assert main(["explain-many", str(pairs), "-o", str(out), "--resume"] + opts) == 0
+    got = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    assert [d["index"] for d in got] == [0, 1, 2, 3]
+    for d, ref in zip(got, map(json.loads, lines)):
+        np.testing.assert_allclose(np.array(d["matrix"]), np.array(ref["matrix"]), atol=1e-6)
+    assert main(["explain-many", str(pairs), "-o", str(out), "--resume"] + opts) == 0  # nothing left to do
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    # shards: disjoint, together every pair once, global indices
+    seen = []
+    for k in range(3):
+        shard = tmp_path / f"shard{k}.jsonl"
+        assert main(["explain-many", str(pairs), "-o", str(shard), "--shard", f"{k}/3"] + opts) == 0
+        seen += [json.loads(ln)["index"] for ln in shard.read_text(encoding="utf-8").splitlines()]
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert main(["explain-many", str(pairs), "--shard", "3/3"] + opts) == 2
+    assert "--shard" in capsys.readouterr().err
+    assert main(["explain-many", str(pairs), "--resume"] + opts) == 2
+    assert "--resume needs --output" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n", encoding="utf-8")
+    assert main(["explain-many", str(pairs), "-o", str(bad), "--resume"] + opts) == 2
+    assert "cannot resume" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 METHODS: name -> fn(enc_a, enc_b, text_a, text_b, **options) -> Explanation.
 BATCH_METHODS: name -> fn(enc_a, enc_b, texts_a, texts_b, **options) -> [Explanation] (pairs batched at once).
 PAIR_METHODS: name -> fn(enc_a, enc_b, texts_a, texts_b, all_pairs=False, **options) -> [Explanation]: the
-methods with A = G_aᵀ G_b, each distinct text's G at most once (`simattr.pairs`).
+methods with A = G_aᵀ G_b, each distinct text's G at most once (`simattr.jobs`).
 """
 from .bertscore import explain_bertscore, explain_bertscore_many
 from .bilrp import explain_bilrp, explain_bilrp_many

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .. import engine, pairs, rules
+from .. import engine, jobs, rules
 from ..contraction import check_backend as check_contraction
 from ..encoders import CallableEncoder, Encoder, Tokens
 from ..errors import SimattrError
@@ -106,7 +106,7 @@ def relevance(f: Callable, x: Tensor, units: Units, out_dim: int, p: engine.Plan
 
 
 class BiLRPJob:
-    """BiLRP for one job — one pair or many, one set of options — as the hooks of `simattr.pairs.run`.
+    """BiLRP for one job — one pair or many, one set of options — as the hooks of `simattr.jobs.run`.
 
     The rules are active only around the passes (and the check of each text's modified output): each text's
     `fx` is the plain model's embedding, computed without them."""
@@ -164,8 +164,8 @@ class BiLRPJob:
         s.shape.fused_attention = self.attn == "fused"
         return s
 
-    def item(self, side: Side) -> pairs.Item:
-        return pairs.Item(len(side.units), side.tokens.length)
+    def item(self, side: Side) -> jobs.Item:
+        return jobs.Item(len(side.units), side.tokens.length)
 
     def begin(self, sides: dict, pair_ids: list):
         self.budget = self.budget or engine.default_budget(next(iter(sides.values())).x.device)
@@ -213,13 +213,13 @@ class BiLRPJob:
 
 def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:
     """BiLRP of one pair; options: those of `BiLRPJob`."""
-    return pairs.explain_one(BiLRPJob(enc_a, enc_b, **options), text_a, text_b)
+    return jobs.explain_one(BiLRPJob(enc_a, enc_b, **options), text_a, text_b)
 
 
 def explain_bilrp_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False,
                        **options) -> list:
-    """BiLRP of many pairs, each text's G at most once (`simattr.pairs`); options: those of `BiLRPJob`."""
-    return list(pairs.run(BiLRPJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
+    """BiLRP of many pairs, each text's G at most once (`simattr.jobs`); options: those of `BiLRPJob`."""
+    return list(jobs.run(BiLRPJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
 
 
 explain_bilrp.job = explain_bilrp_many.job = BiLRPJob

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import engine, pairs, paths
+from .. import engine, jobs, paths
 from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens
 from ..errors import SimattrError
@@ -94,7 +94,7 @@ def choose_steps(sides: dict, pairs: list, rule: str, tol: float, budget: int, s
 
 
 class IJJob:
-    """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `pairs.run`."""
+    """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `jobs.run`."""
 
     def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, steps=50,
                  quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
@@ -146,8 +146,8 @@ class IJJob:
         s.shape.fused_attention = self.attn[tower] == "fused"
         return s
 
-    def item(self, side: Side) -> pairs.Item:
-        return pairs.Item(active_units(side), side.tokens.length)
+    def item(self, side: Side) -> jobs.Item:
+        return jobs.Item(active_units(side), side.tokens.length)
 
     def begin(self, sides: dict, pair_ids: list):
         device = next(iter(sides.values())).x.device
@@ -201,12 +201,12 @@ class IJJob:
 
 def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:
     """Integrated Jacobians of one pair; options: those of `IJJob`."""
-    return pairs.explain_one(IJJob(enc_a, enc_b, **options), text_a, text_b)
+    return jobs.explain_one(IJJob(enc_a, enc_b, **options), text_a, text_b)
 
 
 def explain_ij_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False, **options) -> list:
-    """Integrated Jacobians of many pairs, each text's G at most once (`simattr.pairs`); options: those of `IJJob`."""
-    return list(pairs.run(IJJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
+    """Integrated Jacobians of many pairs, each text's G at most once (`simattr.jobs`); options: those of `IJJob`."""
+    return list(jobs.run(IJJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
 
 
 explain_ij.job = explain_ij_many.job = IJJob

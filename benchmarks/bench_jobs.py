@@ -1,6 +1,6 @@
-"""Many pairs: `Explainer.explain_many` (each text's G at most once, `simattr.pairs`) vs `explain` pair by pair.
+"""Many pairs: `Explainer.explain_many` (each text's G at most once, `simattr.jobs`) vs `explain` pair by pair.
 
-    PYTHONPATH=. python benchmarks/bench_pairs.py [--threads 1] [--steps 16] [--runs 3] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_jobs.py [--threads 1] [--steps 16] [--runs 3] [--json out.json]
 
 Jobs on MiniLM (all-MiniLM-L6-v2), IJ (midpoint, --steps) and BiLRP (cp, dot):
   query-docs  one query against 8 documents (the query's G once; each document by its own G or by cross passes)

@@ -1,4 +1,4 @@
-"""Many pairs on one engine (simattr/pairs.py): the planner's choices, and explain_many equal to explain pair by pair
+"""Many pairs on one engine (simattr/jobs.py): the planner's choices, and explain_many equal to explain pair by pair
 with each text's G computed at most once."""
 import contextlib
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import simattr
-from simattr import pairs
+from simattr import jobs
 from simattr.errors import SimattrError
-from simattr.pairs import Item, plan_pairs
+from simattr.jobs import Item, plan_pairs
 
 Q = "a cat"
 DOCS = ["the small dog ran quickly across the wide green park", "a cat sat on the mat", "cats"]
@@ -187,7 +187,7 @@ def test_errors_and_the_model_restored(explainer):
     model.train()
     try:
         from simattr.methods.ij import IJJob
-        it = pairs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps=1), [Q], DOCS)
+        it = jobs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps=1), [Q], DOCS)
         next(it)
         assert not model.training
         it.close()

@@ -1,0 +1,104 @@
+"""Pictures of an explanation: a self-contained HTML heatmap (also Jupyter's rich display) and a PNG (matplotlib).
+
+Both draw the token matrix with a diverging scale centred on zero (red: the pair adds to the similarity, blue: it
+takes away), symmetric in ±max|A|, with each side's token totals (row and column sums) beside it. The terminal
+form is `Explanation.format()`.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SimattrError
+
+
+def _colour(v: float, scale: float) -> str:
+    """White at 0, red (positive) / blue (negative) at ±scale."""
+    t = 0.0 if scale <= 0 else max(-1.0, min(1.0, v / scale))
+    if t >= 0:
+        r, g, b = 255, round(255 * (1 - 0.78 * t)), round(255 * (1 - 0.85 * t))
+    else:
+        r, g, b = round(255 * (1 + 0.85 * t)), round(255 * (1 + 0.6 * t)), 255
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _summary(e) -> str:
+    parts = [f"method {e.method}", f"score {e.score:.4f}", f"&Sigma;A {e.total:.4f}"]
+    if e.error is not None:
+        parts.append(f"error {e.error:.2e}")
+    return " &middot; ".join(parts)
+
+
+def to_html(e, path=None, digits: int = 3, title: str = None) -> str:
+    """The explanation as one HTML page (inline CSS, no scripts): the matrix as a coloured table (hover: the pair
+    and its value), row sums (each token of a) and column sums (each token of b), and the strongest pairs.
+    Written to `path` if given; returned either way."""
+    m = np.asarray(e.matrix, dtype=np.float64)
+    scale = float(np.abs(m).max()) if m.size else 0.0
+    rows, cols = m.sum(1), m.sum(0)
+    side_scale = float(max(np.abs(rows).max(initial=0), np.abs(cols).max(initial=0)))
+    esc = html.escape
+    ta, tb = [esc(str(t)) for t in e.tokens_a], [esc(str(t)) for t in e.tokens_b]
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+           f"<title>{esc(title or 'simattr explanation')}</title><style>",
+           "body{font-family:system-ui,sans-serif;font-size:13px;margin:16px}",
+           "table.simattr{border-collapse:collapse}",
+           "table.simattr td{width:3.2em;height:1.6em;text-align:center;font-size:11px;border:1px solid #eee}",
+           "table.simattr th{font-weight:normal;padding:2px 6px;white-space:nowrap}",
+           "table.simattr th.b{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left}",
+           "table.simattr td.sum{border-left:2px solid #999}table.simattr tr.sum td{border-top:2px solid #999}",
+           "</style></head><body>",
+           f"<h3>{esc(title) if title else 'Why are these texts similar?'}</h3>",
+           f"<p>{_summary(e)} &middot; colour scale &plusmn;{scale:.3g} (red adds to the similarity, blue takes "
+           f"away)</p>", "<table class='simattr'><tr><th></th>"]
+    out += [f"<th class='b'>{t}</th>" for t in tb] + ["<th class='b'>&Sigma; row</th></tr>"]
+    for i, t in enumerate(ta):
+        out.append(f"<tr><th style='text-align:right'>{t}</th>")
+        for j in range(m.shape[1]):
+            v = m[i, j]
+            out.append(f"<td style='background:{_colour(v, scale)}' title='{t} &times; {tb[j]}: {v:.6g}'>"
+                       f"{v:.{digits}f}</td>")
+        out.append(f"<td class='sum' style='background:{_colour(rows[i], side_scale)}' "
+                   f"title='{t}: {rows[i]:.6g}'>{rows[i]:.{digits}f}</td></tr>")
+    out.append("<tr class='sum'><th style='text-align:right'>&Sigma; column</th>")
+    out += [f"<td style='background:{_colour(c, side_scale)}' title='{tb[j]}: {c:.6g}'>{c:.{digits}f}</td>"
+            for j, c in enumerate(cols)]
+    out.append(f"<td class='sum'>{m.sum():.{digits}f}</td></tr></table>")
+    top = e.top_interactions(10)
+    if top:
+        out.append("<p>Strongest pairs:</p><ol>")
+        out += [f"<li>{esc(str(it['token_a']))} ({it['i']}) &harr; {esc(str(it['token_b']))} ({it['j']}): "
+                f"{it['value']:+.5f}</li>" for it in top]
+        out.append("</ol>")
+    out.append("</body></html>")
+    page = "\n".join(out)
+    if path is not None:
+        Path(path).write_text(page, encoding="utf-8")
+    return page
+
+
+def to_png(e, path, dpi: int = 150, title: str = None):
+    """The matrix as a PNG heatmap (needs matplotlib: `pip install matplotlib`)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SimattrError("to_png needs matplotlib (pip install matplotlib)") from None
+    m = np.asarray(e.matrix, dtype=np.float64)
+    scale = float(np.abs(m).max()) or 1.0
+    h, w = m.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * w + 2.5), max(3.0, 0.3 * h + 1.8)))
+    try:
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+        ax.set_xticks(range(w), [str(t) for t in e.tokens_b], rotation=90, fontsize=8)
+        ax.set_yticks(range(h), [str(t) for t in e.tokens_a], fontsize=8)
+        ax.set_title(title or f"{e.method}: score {e.score:.4f}, ΣA {e.total:.4f}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
