@@ -26,11 +26,18 @@ from __future__ import annotations
 import contextlib
 import heapq
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
+import torch
+
 from .engine import PAIR_MODES
 from .errors import SimattrError
+
+#: bytes of prepared texts (hidden states at the layer, references, embeddings) a job keeps; the others are
+#: prepared again when needed — a forward pass or two, against the U x steps JVPs of their G
+SIDE_CACHE_BYTES = 512 << 20
 
 
 @dataclass
@@ -81,16 +88,29 @@ def plan_pairs(items: Sequence[Item], pairs: Sequence[tuple], out_dim: int, mode
     if mode not in PAIR_MODES:
         raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(PAIR_MODES)}")
     pairwise = sum(_single_pair(items[i], items[j], out_dim, mode) for i, j in pairs)
+    # a pair repeated, or (a, b) and (b, a), costs once: the runner makes each distinct cross product once
+    distinct = list(dict.fromkeys((min(i, j), max(i, j)) for i, j in pairs))
     if mode == "cross":
         keep = {i if items[i].units <= items[j].units else j for i, j in pairs}
     else:
-        keep = set(range(len(items))) if mode != "auto" else _greedy(items, pairs, out_dim)
-    how = []
-    for i, j in pairs:
-        how.append("both" if i in keep and j in keep else ("cross-a" if i in keep else "cross-b"))
+        keep = set(range(len(items))) if mode != "auto" else _greedy(items, distinct, out_dim)
+
+    def how(i, j):
+        return "both" if i in keep and j in keep else ("cross-a" if i in keep else "cross-b")
     cost = sum(_materialise_cost(items[t], out_dim, mode) for t in keep) + \
-        sum(_pair_cost(h, items[i], items[j]) for h, (i, j) in zip(how, pairs))
-    return PairPlan(materialise=keep, how=how, cost=cost, pairwise_cost=pairwise)
+        sum(_pair_cost(how(i, j), items[i], items[j]) for i, j in distinct)
+    return PairPlan(materialise=keep, how=[how(i, j) for i, j in pairs], cost=cost, pairwise_cost=pairwise)
+
+
+def same_option(x, y) -> bool:
+    """Equal reference / units options of two towers (strings, None, lists of spans by value; tensors and
+    callables by identity)."""
+    if x is y:
+        return True
+    try:
+        return isinstance(x, (str, list, tuple, type(None))) and bool(x == y)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _greedy(items, pairs, out_dim) -> set:
@@ -145,8 +165,8 @@ class PairJob(Protocol):
     def item(self, side) -> Item:
         ...
 
-    def begin(self, sides: dict, pairs: list):
-        """Job-wide settings that need every side (IJ: steps='auto')."""
+    def begin(self, sides, pairs: list):
+        """Job-wide settings that need every side (IJ: steps='auto'); sides[t] gives text t's side."""
 
     def attribution(self, side):
         """(G [D, U], plan dict) of one text."""
@@ -159,8 +179,41 @@ class PairJob(Protocol):
         ...
 
 
-def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs: bool = False) -> Iterator:
-    """Explanations of the pairs (texts_a[k], texts_b[k]) — or of every (a, b) when all_pairs — in order."""
+class Sides:
+    """The job's texts, prepared on demand (`job.side`) and kept up to `max_bytes` of tensors, least recently used
+    dropped first, so a job of any size holds a bounded amount of them."""
+
+    def __init__(self, job, keys: list, max_bytes: int = SIDE_CACHE_BYTES):
+        self.job, self.keys, self.max_bytes = job, keys, max_bytes
+        self.kept, self.bytes, self.prepared = OrderedDict(), 0, 0
+
+    def __getitem__(self, t: int):
+        if t in self.kept:
+            self.kept.move_to_end(t)
+            return self.kept[t][0]
+        side = self.job.side(*self.keys[t])
+        self.prepared += 1
+        size = _nbytes(side)
+        self.kept[t] = (side, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.kept) > 1:
+            self.bytes -= self.kept.popitem(last=False)[1][1]
+        return side
+
+    def drop(self, t: int):
+        if t in self.kept:
+            self.bytes -= self.kept.pop(t)[1]
+
+
+def _nbytes(side) -> int:
+    """Bytes of the arrays a side holds (its hidden states, reference, embeddings)."""
+    return sum(v.nbytes for v in vars(side).values() if hasattr(v, "nbytes") and hasattr(v, "dtype"))
+
+
+def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs: bool = False,
+        side_bytes: int = SIDE_CACHE_BYTES) -> Iterator:
+    """Explanations of the pairs (texts_a[k], texts_b[k]) — or of every (a, b) when all_pairs — in order.
+    side_bytes: how much of the prepared texts to keep (`Sides`)."""
     texts_a, texts_b = list(texts_a), list(texts_b)
     if all_pairs:
         pairs = [(i, j) for i in range(len(texts_a)) for j in range(len(texts_b))]
@@ -170,19 +223,20 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                                f"on a side, or all_pairs=True")
         n = max(len(texts_a), len(texts_b))
         pairs = [(0 if len(texts_a) == 1 else k, 0 if len(texts_b) == 1 else k) for k in range(n)]
+    if not pairs:
+        return
     t_setup = time.perf_counter()
     with job.context():
-        keys, ids, sides = {}, [], {}  # (tower, text) -> item id; pair -> (id_a, id_b)
+        keys, ids = {}, []  # (tower key, text) -> item id; pair -> (id_a, id_b)
         for i, j in pairs:
-            pair_ids = []
-            for tower, text in ((0, texts_a[i]), (1, texts_b[j])):
-                key = (job.tower_key(tower), text)
-                if key not in keys:
-                    keys[key] = len(keys)
-                    sides[keys[key]] = job.side(tower, text)
-                pair_ids.append(keys[key])
-            ids.append(tuple(pair_ids))
-        items = [job.item(sides[t]) for t in range(len(sides))]
+            ids.append(tuple(keys.setdefault((job.tower_key(tower), text), len(keys))
+                             for tower, text in ((0, texts_a[i]), (1, texts_b[j]))))
+        towers = {}  # item id -> (tower, text): the first tower that asked for it
+        for (i, j), (pi, pj) in zip(pairs, ids):
+            towers.setdefault(pi, (0, texts_a[i]))
+            towers.setdefault(pj, (1, texts_b[j]))
+        sides = Sides(job, [towers[t] for t in range(len(keys))], side_bytes)
+        items = [job.item(sides[t]) for t in range(len(keys))]
         job.begin(sides, ids)
         pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)
         job.pair_plan = pair_plan
@@ -212,8 +266,8 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                     group = [q for q in by_other[other] if q >= k and q not in crossed]
                     knowns = list(dict.fromkeys(ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
                                                 for q in group))
-                    Ms, cross_plan = job.cross([made(t) for t in knowns], sides[other])
-                    M_of = dict(zip(knowns, Ms))
+                    M_of, cross_plan = _cross_run(job, [made(t) for t in knowns], sides[other])
+                    M_of = dict(zip(knowns, M_of))
                     share = (time.perf_counter() - t0) / len(group)
                     for q in group:
                         kq = ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
@@ -237,7 +291,25 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                 remaining[t] -= 1
                 if remaining[t] == 0:
                     G.pop(t, None)
-                    sides.pop(t, None)
+                    sides.drop(t)
+
+
+def _cross_run(job: PairJob, Gs: list, other):
+    """job.cross on the columns of the known G's that are not zero (units with no tangent, e.g. [CLS]/[SEP] under
+    the pad reference, have zero columns and so zero rows of M: no pass for them); zero rows put back."""
+    live = [(G != 0).any(0) for G in Gs]
+    n_other = len(other.units)
+    if not any(bool(m.any()) for m in live):
+        return [G.new_zeros(G.shape[1], n_other) for G in Gs], \
+            {"mode": "none", "reason": "the known sides have no active units: A = 0 without a pass"}
+    Ms, plan = job.cross([G[:, m] for G, m in zip(Gs, live) if m.any()], other)
+    Ms, out = iter(Ms), []
+    for G, m in zip(Gs, live):
+        full = G.new_zeros(G.shape[1], n_other, dtype=torch.float64)
+        if m.any():
+            full[m] = next(Ms).to(full.dtype)
+        out.append(full)
+    return out, plan
 
 
 def explain_one(job: PairJob, text_a: str, text_b: str):

@@ -25,7 +25,7 @@ def _colour(v: float, scale: float) -> str:
 
 
 def _summary(e) -> str:
-    parts = [f"method {e.method}", f"score {e.score:.4f}", f"&Sigma;A {e.total:.4f}"]
+    parts = [f"method {html.escape(str(e.method))}", f"score {e.score:.4f}", f"&Sigma;A {e.total:.4f}"]
     if e.error is not None:
         parts.append(f"error {e.error:.2e}")
     return " &middot; ".join(parts)
@@ -82,23 +82,21 @@ def to_html(e, path=None, digits: int = 3, title: str = None) -> str:
 def to_png(e, path, dpi: int = 150, title: str = None):
     """The matrix as a PNG heatmap (needs matplotlib: `pip install matplotlib`)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise SimattrError("to_png needs matplotlib (pip install matplotlib)") from None
     m = np.asarray(e.matrix, dtype=np.float64)
     scale = float(np.abs(m).max()) or 1.0
     h, w = m.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * w + 2.5), max(3.0, 0.3 * h + 1.8)))
-    try:
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
-        ax.set_xticks(range(w), [str(t) for t in e.tokens_b], rotation=90, fontsize=8)
-        ax.set_yticks(range(h), [str(t) for t in e.tokens_a], fontsize=8)
-        ax.set_title(title or f"{e.method}: score {e.score:.4f}, ΣA {e.total:.4f}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(max(4.0, 0.35 * w + 2.5), max(3.0, 0.3 * h + 1.8)))  # no pyplot: the user's backend stays
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+    ax.set_xticks(range(w), [str(t) for t in e.tokens_b], rotation=90, fontsize=8)
+    ax.set_yticks(range(h), [str(t) for t in e.tokens_a], fontsize=8)
+    ax.set_title(title or f"{e.method}: score {e.score:.4f}, ΣA {e.total:.4f}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
     return path

@@ -38,6 +38,16 @@ def test_one_pair_is_the_single_pair_rule():
         plan_pairs([Item(1, 3)], [(0, 0)], D, "sideways")
 
 
+def test_repeated_pairs_cost_once():
+    D = 384
+    # the runner makes a repeated pair (or its mirror) once, so the planner must count it once
+    p = plan_pairs([Item(3, 5), Item(8, 20)], [(0, 1)] * 3, D)
+    assert p.how == ["cross-a"] * 3 and p.cost == 3 * 5 + 3 * 20
+    p = plan_pairs([Item(3, 5), Item(8, 20)], [(0, 1), (1, 0)], D)
+    assert p.how == ["cross-a", "cross-b"] and p.cost == 3 * 5 + 3 * 20
+    assert p.pairwise_cost == 2 * (3 * 5 + 3 * 20)
+
+
 def test_query_against_documents_makes_the_query_once():
     D = 384
     items = [Item(3, 5)] + [Item(u, u + 2) for u in (40, 2, 3, 60)]
@@ -135,7 +145,8 @@ def test_all_pairs_grid(explainer, monkeypatch, method):
     with counting(monkeypatch, IJJob if method == "ij" else BiLRPJob) as counts:
         grid = explainer.explain_many(qs, ds, method=method, all_pairs=True, **opts)
     assert len(grid) == 3 and all(len(row) == 2 for row in grid)
-    assert len(counts["attribution"]) + counts["cross"] <= 4  # 2 distinct queries + 2 documents
+    # 4 distinct texts (2 queries, 2 documents): each either made once or crossed in one run
+    assert len(counts["attribution"]) + counts["cross_runs"] <= 4
     for i, q in enumerate(qs):
         for j, d in enumerate(ds):
             e1 = explainer.explain(q, d, method=method, **opts)
@@ -215,3 +226,47 @@ def test_one_tower_shares_a_text_across_sides(explainer):
     many = explainer.explain_many(["a cat sat", "the dog"], ["the dog", "a cat sat"], method="bilrp")
     assert many[0].extras["job"]["texts"] == 2  # one encoder: "the dog" as a and as b is one G
     np.testing.assert_allclose(many[1].matrix, many[0].matrix.T, atol=1e-6)
+
+
+def test_prepared_texts_are_bounded(explainer, monkeypatch):
+    """With room for one prepared text the job prepares texts again when it needs them, with the same result."""
+    from simattr.methods.ij import IJJob
+    made = []
+    orig = jobs.Sides.__getitem__
+
+    def spy(self, t):
+        side = orig(self, t)
+        made.append(self.prepared)
+        assert len(self.kept) == 1 or self.bytes <= self.max_bytes
+        return side
+    monkeypatch.setattr(jobs.Sides, "__getitem__", spy)
+    qs, ds = ["a cat", "dogs run"], DOCS[:2]
+    small = list(jobs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps="auto", tol=1e-2), qs, ds,
+                          all_pairs=True, side_bytes=1))
+    prepared_small = made[-1]
+    made.clear()
+    big = list(jobs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps="auto", tol=1e-2), qs, ds,
+                        all_pairs=True))
+    assert made[-1] == 4 < prepared_small  # every text once with room; again and again without
+    for e1, e2 in zip(small, big):
+        np.testing.assert_allclose(e1.matrix, e2.matrix, atol=1e-7)
+        assert e1.settings["steps"] == e2.settings["steps"] and e1.error == pytest.approx(e2.error, abs=1e-9)
+
+
+def test_cross_passes_only_for_active_units(explainer):
+    """Units without tangent (here [CLS]/[SEP] under the pad reference) have zero G columns: no VJP for them; a
+    known side with no active unit at all gives A = 0 without a pass."""
+    e = explainer.explain("dogs", DOCS[0], steps=2)
+    cross = [p for p in e.extras["plans"] if p["mode"] == "cross-reverse"]
+    assert len(cross) == 1 and cross[0]["reason"].startswith("cross mode: 1 cotangents")
+    np.testing.assert_allclose(e.matrix, explainer.explain("dogs", DOCS[0], steps=2, mode="forward").matrix,
+                               atol=1e-6)
+    z = explainer.explain("cats purr", DOCS[0], steps=2, reference=("cats purr", "pad"))
+    assert "none" in z.settings["mode"] and not z.matrix.any()
+    assert z.error == pytest.approx(abs(z.terms["s(a,b)"] - z.terms["s(a,r_b)"] - z.terms["s(r_a,b)"]
+                                        + z.terms["s(r_a,r_b)"]), abs=1e-12)
+
+
+def test_empty_job(explainer):
+    from simattr.methods.ij import IJJob
+    assert list(jobs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps=1), [], [])) == []

@@ -31,6 +31,8 @@ def test_html_cells_values_sums_and_escaping(tmp_path):
     assert "-0.250" in page and "0.250" in page  # row sum of "<s>" (0.5 - 0.25) and the formatted cells
     assert "score 0.4200" in page and "error 1.00e-03" in page
     assert e._repr_html_() == page
+    e.method = "<b>x</b>"  # e.g. read back from a JSON line: escaped like the tokens
+    assert "<b>x" not in e.to_html() and "&lt;b&gt;x" in e.to_html()
 
 
 def test_colour_scale():
@@ -41,7 +43,10 @@ def test_colour_scale():
 
 def test_png(tmp_path):
     pytest.importorskip("matplotlib")
+    import matplotlib
+    backend = matplotlib.get_backend()
     path = _explanation().to_png(tmp_path / "e.png")
+    assert matplotlib.get_backend() == backend  # the user's (e.g. Jupyter's) backend is left alone
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 

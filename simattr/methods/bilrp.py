@@ -142,7 +142,7 @@ class BiLRPJob:
         return rules.applied(self.roots, self.rule, fused_attention=self.attn == "fused")
 
     def tower_key(self, tower: int):
-        same = self.encoders[0] is self.encoders[1] and self.units[0] == self.units[1]
+        same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.units[0], self.units[1])
         return 0 if same else tower
 
     def side(self, tower: int, text: str) -> Side:
@@ -167,8 +167,8 @@ class BiLRPJob:
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(len(side.units), side.tokens.length)
 
-    def begin(self, sides: dict, pair_ids: list):
-        self.budget = self.budget or engine.default_budget(next(iter(sides.values())).x.device)
+    def begin(self, sides, pair_ids: list):
+        self.budget = self.budget or engine.default_budget(sides[pair_ids[0][0]].x.device)
 
     def attribution(self, side: Side):
         p = engine.plan(len(side.units), 1, side.shape, mode=self.mode if self.mode in engine.MODES else "auto",

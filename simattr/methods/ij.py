@@ -73,7 +73,7 @@ def predicted_error(ea: Tensor, eb: Tensor, da: Tensor, db: Tensor) -> float:
     return float(abs(ea @ db + da @ eb + ea @ eb))
 
 
-def choose_steps(sides: dict, pairs: list, rule: str, tol: float, budget: int, schedule=paths.AUTO_SCHEDULE):
+def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedule=paths.AUTO_SCHEDULE):
     """Smallest step count of the schedule whose completeness error is under `tol` for every pair; the last one if
     none is. The error is measured exactly with one full-tangent JVP per node and text (against f(x) − f(r)), each
     text once however many pairs it is in. History: the largest error over the pairs at each count tried."""
@@ -129,8 +129,8 @@ class IJJob:
             yield
 
     def tower_key(self, tower: int):
-        same = self.encoders[0] is self.encoders[1] and _same(self.refs[0], self.refs[1]) \
-            and _same(self.units[0], self.units[1])
+        same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.refs[0], self.refs[1]) \
+            and jobs.same_option(self.units[0], self.units[1])
         return 0 if same else tower
 
     def side(self, tower: int, text: str) -> Side:
@@ -149,8 +149,8 @@ class IJJob:
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(active_units(side), side.tokens.length)
 
-    def begin(self, sides: dict, pair_ids: list):
-        device = next(iter(sides.values())).x.device
+    def begin(self, sides, pair_ids: list):
+        device = sides[pair_ids[0][0]].x.device
         self.budget = self.budget or engine.default_budget(device)
         steps = self.steps
         if steps == "auto":
@@ -215,16 +215,6 @@ explain_ij.job = explain_ij_many.job = IJJob
 def active_units(side: Side) -> int:
     """Units of a side whose tangent is not zero (the passes the engine really does)."""
     return len(engine.active_units(side.units.matrix, side.delta))
-
-
-def _same(x, y) -> bool:
-    """Same reference / units option (tensors and callables by identity)."""
-    if x is y:
-        return True
-    try:
-        return isinstance(x, (str, list, tuple, type(None))) and bool(x == y)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _describe(ref):
