@@ -8,12 +8,19 @@ Jobs on MiniLM (all-MiniLM-L6-v2), IJ (midpoint, --steps) and BiLRP (cp, dot):
   aligned     8 (a, b) pairs, line by line: 4 queries twice each against 8 distinct documents
 Both ways run in one process, alternately, with a pinned thread count; figures are medians of --runs; results are
 checked equal (max |ΔA|).
+
+    PYTHONPATH=. python benchmarks/bench_jobs.py --zero-columns [--steps 20]
+
+times one cross pass of a 7-token query (5 active units) on a 120-token document with all the query's G columns
+as cotangents (zero columns of [CLS]/[SEP] included, as before the runner dropped them) vs the active ones only.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -57,8 +64,40 @@ def run(ex, job, method, opts):
     return t_many, t_one, diff, flat[0].extras.get("job", {})
 
 
+def zero_columns(steps: int, runs: int) -> dict:
+    import simattr
+    from simattr import jobs as J
+    from simattr.methods.ij import IJJob
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_ij import TEXTS, long_texts
+    enc = simattr.Explainer().encoder_a
+    job = IJJob(enc, enc, steps=steps)
+    with job.context():
+        sides = J.Sides(job, [(0, TEXTS["short"][0]), (1, long_texts(enc, 120)[1])])
+        job.begin(sides, [(0, 1)])
+        G, _ = job.attribution(sides[0])
+        live = (G != 0).any(0)
+        t_all, t_live = [], []
+        for _ in range(runs):
+            t = time.perf_counter()
+            (M_all,), _ = job.cross([G], sides[1])
+            t_all.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            (M_live,), _ = job.cross([G[:, live]], sides[1])
+            t_live.append(time.perf_counter() - t)
+    row = {"query_units": G.shape[1], "active": int(live.sum()), "doc_tokens": sides[1].tokens.length,
+           "all_s": statistics.median(t_all), "live_s": statistics.median(t_live),
+           "max_abs_diff": float((M_all[live] - M_live).abs().max()), "runs": [t_all, t_live]}
+    row["speedup"] = row["all_s"] / row["live_s"]
+    print(f"cross pass, {row['query_units']} query columns ({row['active']} active) on {row['doc_tokens']} tokens, "
+          f"{steps} steps: all {row['all_s']:.2f}s  active only {row['live_s']:.2f}s  x{row['speedup']:.2f}  "
+          f"max|dA| {row['max_abs_diff']:.1e}", flush=True)
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--zero-columns", action="store_true", help="only the zero-columns cross-pass comparison")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
@@ -67,6 +106,12 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.zero_columns:
+        row = zero_columns(args.steps, args.runs)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"threads": args.threads, "steps": args.steps, "zero_columns": row}, fh, indent=1)
+        return
     import simattr
     ex = simattr.Explainer()
     rows = []

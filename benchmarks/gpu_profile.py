@@ -381,6 +381,10 @@ def profile(args):
             except Exception:
                 table = None
         table = table or avg.table(row_limit=15)
+        ranges = [f"  {e.key:<24} calls {e.count:>5}  cpu {e.cpu_time_total / 1e3:9.2f} ms  device "
+                  f"{getattr(e, 'device_time_total', getattr(e, 'cuda_time_total', 0)) / 1e3:9.2f} ms"
+                  for e in avg if e.key.startswith("simattr::")]
+        table += "\nsimattr's named ranges (simattr.engine.named):\n" + "\n".join(ranges)
         RESULTS["d_profile"][name] = table
         print(f"--- top 15 ops by CUDA time, IJ explanation (64 + 64 tokens, steps={steps}), attention {name}")
         print(table)

@@ -156,6 +156,11 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
                 estimated_bytes=int(est), reason=reason, contraction=contraction)
 
 
+def named(name: str):
+    """A named range for `torch.profiler` traces (and NVTX under `emit_nvtx`): `simattr::<name>`."""
+    return torch.profiler.record_function(f"simattr::{name}")
+
+
 def _check_finite(t: Tensor, what: str):
     if not torch.isfinite(t).all():
         raise NumericalError(f"NaN or Inf in {what}: check the model, the dtype (fp16 overflows easily) and the inputs")
@@ -193,7 +198,8 @@ def forward_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
                 idx = active[u0:u0 + p.unit_chunk]
                 t = um[idx].unsqueeze(-1) * tangent  # [u, S, H]
                 t = t.unsqueeze(1).expand(-1, xs.shape[0], -1, -1)
-                out = _batched_jvp(f, xs, t)  # [u, n, D]
+                with named("jvp_chunk"):
+                    out = _batched_jvp(f, xs, t)  # [u, n, D]
                 G[:, idx] += torch.einsum("und,n->du", out.to(acc), w)
     return G
 
@@ -227,7 +233,8 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
         w = weights[n0:n0 + p.node_chunk].to(acc)
         xs = (start + a.view(-1, 1, 1) * delta).detach()
         with torch.enable_grad():
-            _, pullback = vjp(f, xs)
+            with named("vjp_primal"):
+                _, pullback = vjp(f, xs)
             n = xs.shape[0]
             for k0 in range(0, K, p.unit_chunk):
                 k1 = min(K, k0 + p.unit_chunk)
@@ -237,8 +244,10 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
                     ct[torch.arange(k1 - k0), :, ks] = 1  # one-hot e_k at every node
                 else:
                     ct = cotangents[k0:k1].to(start.dtype).unsqueeze(1).expand(-1, n, -1)  # [k, n, D]
-                (grads,) = vmap(pullback)(ct)  # [k, n, S, H]
-                Gs[k0:k1] += contraction.contract(grads, t0, w, idx, n_out, backend=p.contraction).to(acc)
+                with named("vjp_chunk"):
+                    (grads,) = vmap(pullback)(ct)  # [k, n, S, H]
+                with named("contract"):
+                    Gs[k0:k1] += contraction.contract(grads, t0, w, idx, n_out, backend=p.contraction).to(acc)
                 del grads
         del pullback
     return Gs if pooled else Gs @ um.to(Gs.dtype).T
@@ -272,7 +281,8 @@ def full_tangent_integral(f: Callable, start: Tensor, delta: Tensor, alphas, wei
         for n0 in range(0, len(alphas), n_c):
             a = alphas[n0:n0 + n_c].to(start.device, start.dtype)
             xs = start + a.view(-1, 1, 1) * delta
-            _, out = jvp(f, (xs,), (delta.expand_as(xs),))
+            with named("full_tangent"):
+                _, out = jvp(f, (xs,), (delta.expand_as(xs),))
             total += torch.einsum("nd,n->d", out.to(acc), weights[n0:n0 + n_c].to(start.device, acc))
     _check_finite(total, "the full-tangent integral")
     return total

@@ -32,7 +32,7 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from .engine import PAIR_MODES
+from .engine import PAIR_MODES, named
 from .errors import SimattrError
 
 #: bytes of prepared texts (hidden states at the layer, references, embeddings) a job keeps; the others are
@@ -191,7 +191,8 @@ class Sides:
         if t in self.kept:
             self.kept.move_to_end(t)
             return self.kept[t][0]
-        side = self.job.side(*self.keys[t])
+        with named("prepare_text"):
+            side = self.job.side(*self.keys[t])
         self.prepared += 1
         size = _nbytes(side)
         self.kept[t] = (side, size)
@@ -237,7 +238,8 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
             towers.setdefault(pj, (1, texts_b[j]))
         sides = Sides(job, [towers[t] for t in range(len(keys))], side_bytes)
         items = [job.item(sides[t]) for t in range(len(keys))]
-        job.begin(sides, ids)
+        with named("begin"):
+            job.begin(sides, ids)
         pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)
         job.pair_plan = pair_plan
         setup = (time.perf_counter() - t_setup) / max(1, len(ids))  # tokenising, f(x), f(r), steps: shared
@@ -253,7 +255,9 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
 
         def made(t):
             if t not in G:
-                G[t], plans[t] = job.attribution(sides[t])
+                side = sides[t]
+                with named("attribution"):
+                    G[t], plans[t] = job.attribution(side)
             return G[t]
 
         for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
@@ -302,7 +306,8 @@ def _cross_run(job: PairJob, Gs: list, other):
     if not any(bool(m.any()) for m in live):
         return [G.new_zeros(G.shape[1], n_other) for G in Gs], \
             {"mode": "none", "reason": "the known sides have no active units: A = 0 without a pass"}
-    Ms, plan = job.cross([G[:, m] for G, m in zip(Gs, live) if m.any()], other)
+    with named("cross_run"):
+        Ms, plan = job.cross([G[:, m] for G, m in zip(Gs, live) if m.any()], other)
     Ms, out = iter(Ms), []
     for G, m in zip(Gs, live):
         full = G.new_zeros(G.shape[1], n_other, dtype=torch.float64)

@@ -270,3 +270,15 @@ def test_cross_passes_only_for_active_units(explainer):
 def test_empty_job(explainer):
     from simattr.methods.ij import IJJob
     assert list(jobs.run(IJJob(explainer.encoder_a, explainer.encoder_a, steps=1), [], [])) == []
+
+
+def test_named_ranges_in_a_profile(explainer):
+    """Profiling an explanation shows where the time goes under simattr's own names."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        explainer.explain("a cat", DOCS[0], steps=2)  # cross mode: JVPs on the query, VJPs on the document
+        explainer.explain("a cat", "dogs", steps=2, mode="reverse")
+    names = {e.key for e in prof.key_averages()}
+    for name in ("prepare_text", "begin", "attribution", "cross_run", "jvp_chunk", "vjp_primal", "vjp_chunk",
+                 "contract"):
+        assert f"simattr::{name}" in names, name
