@@ -228,16 +228,18 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         return
     t_setup = time.perf_counter()
     with job.context():
-        keys, ids = {}, []  # (tower key, text) -> item id; pair -> (id_a, id_b)
+        keys, ids, towers = {}, [], []  # (tower key, text) -> item id; pair -> (id_a, id_b); id -> (tower, text)
         for i, j in pairs:
-            ids.append(tuple(keys.setdefault((job.tower_key(tower), text), len(keys))
-                             for tower, text in ((0, texts_a[i]), (1, texts_b[j]))))
-        towers = {}  # item id -> (tower, text): the first tower that asked for it
-        for (i, j), (pi, pj) in zip(pairs, ids):
-            towers.setdefault(pi, (0, texts_a[i]))
-            towers.setdefault(pj, (1, texts_b[j]))
-        sides = Sides(job, [towers[t] for t in range(len(keys))], side_bytes)
-        items = [job.item(sides[t]) for t in range(len(keys))]
+            pair_ids = []
+            for tower, text in ((0, texts_a[i]), (1, texts_b[j])):
+                key = (job.tower_key(tower), text)
+                if key not in keys:
+                    keys[key] = len(towers)
+                    towers.append((tower, text))
+                pair_ids.append(keys[key])
+            ids.append(tuple(pair_ids))
+        sides = Sides(job, towers, side_bytes)
+        items = [job.item(sides[t]) for t in range(len(towers))]
         with named("begin"):
             job.begin(sides, ids)
         pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)
@@ -247,10 +249,14 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         for i, j in ids:
             remaining[i] += 1
             remaining[j] += 1
+
+        def ends(q):  # (known, other) of a pair made by cross passes
+            i, j = ids[q]
+            return (i, j) if pair_plan.how[q] == "cross-a" else (j, i)
         by_other = {}  # text -> the pairs that get A by cross passes on it, in order
-        for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
+        for k, how in enumerate(pair_plan.how):
             if how != "both":
-                by_other.setdefault(j if how == "cross-a" else i, []).append(k)
+                by_other.setdefault(ends(k)[1], []).append(k)
         G, plans, reported, crossed = {}, {}, set(), {}
 
         def made(t):
@@ -261,24 +267,22 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
             return G[t]
 
         for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
-            t0 = time.perf_counter()
+            t0, share = time.perf_counter(), 0.0
             if how == "both":
                 A = made(i).T.double() @ made(j).double()
             else:
-                known, other = (i, j) if how == "cross-a" else (j, i)
+                other = ends(k)[1]
                 if k not in crossed:  # one cross run for every later pair crossing on the same text
                     group = [q for q in by_other[other] if q >= k and q not in crossed]
-                    knowns = list(dict.fromkeys(ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
-                                                for q in group))
-                    M_of, cross_plan = _cross_run(job, [made(t) for t in knowns], sides[other])
-                    M_of = dict(zip(knowns, M_of))
-                    share = (time.perf_counter() - t0) / len(group)
+                    knowns = list(dict.fromkeys(ends(q)[0] for q in group))
+                    Ms, run_plan = _cross_run(job, [made(t) for t in knowns], sides[other])
+                    M_of, run_plan = dict(zip(knowns, Ms)), dict(run_plan, pairs_in_run=len(group))
+                    run_s = time.perf_counter() - t0
+                    t0 += run_s  # the run's time is shared out over its pairs
                     for q in group:
-                        kq = ids[q][0] if pair_plan.how[q] == "cross-a" else ids[q][1]
-                        crossed[q] = (M_of[kq], dict(cross_plan, pairs_in_run=len(group)), share)
-                    t0 = time.perf_counter() - share
-                M, cross_plan, _ = crossed.pop(k)
-                A = M.double() if how == "cross-a" else M.T.double()
+                        crossed[q] = (M_of[ends(q)[0]], run_plan, run_s / len(group))
+                M, cross_plan, share = crossed.pop(k)
+                A = M if how == "cross-a" else M.T
             pair_plans = []
             for t in (i, j):
                 if t in G:
@@ -287,7 +291,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                 else:
                     pair_plans.append(cross_plan)
             e = job.explanation(sides[i], sides[j], A, G.get(i), G.get(j), pair_plans,
-                                time.perf_counter() - t0 + setup)
+                                time.perf_counter() - t0 + share + setup)
             if len(ids) > 1:
                 e.extras["job"] = dict(pair_plan.as_dict(), pairs=len(ids), texts=len(items), how=how)
             yield e
@@ -304,7 +308,7 @@ def _cross_run(job: PairJob, Gs: list, other):
     live = [(G != 0).any(0) for G in Gs]
     n_other = len(other.units)
     if not any(bool(m.any()) for m in live):
-        return [G.new_zeros(G.shape[1], n_other) for G in Gs], \
+        return [G.new_zeros(G.shape[1], n_other, dtype=torch.float64) for G in Gs], \
             {"mode": "none", "reason": "the known sides have no active units: A = 0 without a pass"}
     with named("cross_run"):
         Ms, plan = job.cross([G[:, m] for G, m in zip(Gs, live) if m.any()], other)
