@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import inspect
+from typing import Iterator
 
+from . import jobs
 from .encoders import Encoder, load_encoder
 from .errors import SimattrError
 from .explanation import Explanation
-from .methods import BATCH_METHODS, METHODS, PAIR_METHODS
+from .methods import BATCH_METHODS, METHODS, PAIR_JOBS
 from .methods._setbased import as_list
 
 #: Captum-style names accepted as aliases of simattr's own option names
@@ -91,6 +93,28 @@ class Explainer:
                 raise SimattrError(f"method {method!r} does not take option {str(exc).split('argument')[-1].strip()}") from None
             raise
 
+    def iter_many(self, a, b, method: str = "maxsim", *, all_pairs: bool = False, soft_options: dict = None,
+                  **options) -> Iterator[Explanation]:
+        """`explain_many` as a stream, in order (all_pairs: row by row): ij and bilrp yield each pair as soon as it is
+        done (`simattr.jobs.run`; exhaust or close the iterator to restore the model), the batched methods after
+        their batch. Options are checked before the first pair."""
+        a_list, b_list = as_list(a, "a"), as_list(b, "b")
+        if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
+            raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
+                               f"on a side, or all_pairs=True")
+        if method not in METHODS:
+            raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        soft = {k: v for k, v in self.defaults.items() if k != "method"}
+        soft.update(_normalise_options(soft_options or {}))
+        if method in PAIR_JOBS:
+            opts = select_options(method, METHODS[method], _normalise_options(options), soft)
+            return jobs.run(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a_list, b_list, all_pairs)
+        if all_pairs:  # batch methods take aligned lists: spell the grid out
+            a_list, b_list = [t for t in a_list for _ in b_list], b_list * len(a_list)
+        fn = BATCH_METHODS[method]
+        opts = select_options(method, fn, _normalise_options(options), soft)
+        return iter(fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts))
+
     def explain_many(self, a, b, method: str = "maxsim", *, all_pairs: bool = False, soft_options: dict = None,
                      **options) -> list:
         """Explanations of many pairs: a and b lists of equal length, or one text on a side against a list on the
@@ -99,24 +123,10 @@ class Explainer:
 
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
         once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""
-        a_list, b_list = as_list(a, "a"), as_list(b, "b")
-        if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
-            raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
-                               f"on a side, or all_pairs=True")
-        if method not in METHODS:
-            raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-        na, nb = len(a_list), len(b_list)
-        if all_pairs and method not in PAIR_METHODS:  # batch methods take aligned lists: spell the grid out
-            a_list, b_list = [t for t in a_list for _ in range(nb)], b_list * na
-        fn = BATCH_METHODS.get(method) or PAIR_METHODS[method]
-        soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(_normalise_options(soft_options or {}))
-        opts = select_options(method, fn, _normalise_options(options), soft)
-        if method in PAIR_METHODS:
-            opts["all_pairs"] = all_pairs
-        out = fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts)
+        out = list(self.iter_many(a, b, method, all_pairs=all_pairs, soft_options=soft_options, **options))
         if all_pairs:
-            out = [out[i * nb:(i + 1) * nb] for i in range(na)]
+            nb = len(as_list(b, "b"))
+            out = [out[k:k + nb] for k in range(0, len(out), nb)]
         return out
 
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
 
 from .errors import SimattrError
 
@@ -55,6 +57,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true",
                    help="with --output: keep the pairs already written there (a cut last line is dropped), "
                         "append the rest")
+    m.add_argument("--progress", action="store_true", help="a line on stderr after each pair: done, s/pair, time left")
     m.add_argument("--shard", default=None, metavar="K/N",
                    help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
     _add_options(m)
@@ -282,14 +285,21 @@ def _explain_many(args, argv) -> int:
             return 0
     ex, explicit, soft = _explainer(args, argv)
     out = sys.stdout if args.output is None else open(args.output, "a" if args.resume else "w", encoding="utf-8")
+    t0, done = time.perf_counter(), 0
     try:
         for k0 in range(0, len(todo), args.job_size):
             block = todo[k0:k0 + args.job_size]
-            results = ex.explain_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
-                                      soft_options=soft, **explicit)
-            for (k, (i, j, _, _)), e in zip(block, results):
-                out.write(json.dumps({"index": k, "a": i, "b": j, **e.to_dict()}) + "\n")
-            out.flush()
+            results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
+                                   soft_options=soft, **explicit)
+            with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
+                for (k, (i, j, _, _)), e in zip(block, results):
+                    out.write(json.dumps({"index": k, "a": i, "b": j, **e.to_dict()}) + "\n")
+                    out.flush()
+                    done += 1
+                    if args.progress:
+                        rate = (time.perf_counter() - t0) / done
+                        print(f"simattr: {done}/{len(todo)} pairs, {rate:.2f} s/pair, about "
+                              f"{rate * (len(todo) - done) / 60:.1f} min left", file=sys.stderr, flush=True)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -95,7 +95,8 @@ def test_cli_explain_many_resume_and_shards(tmp_path, capsys):
                                                         ("a cat", "birds")]), encoding="utf-8")
     full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
     opts = ["--method", "bilrp", "--job-size", "2"]
-    assert main(["explain-many", str(pairs), "-o", str(full)] + opts) == 0
+    assert main(["explain-many", str(pairs), "-o", str(full), "--progress"] + opts) == 0
+    assert "simattr: 4/4 pairs" in capsys.readouterr().err
     lines = full.read_text(encoding="utf-8").splitlines()
     assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2, 3]
     # a run killed after two pairs and half a line: resume drops the cut line and appends the rest

@@ -282,3 +282,14 @@ def test_named_ranges_in_a_profile(explainer):
     for name in ("prepare_text", "begin", "attribution", "cross_run", "jvp_chunk", "vjp_primal", "vjp_chunk",
                  "contract"):
         assert f"simattr::{name}" in names, name
+
+
+def test_iter_many_streams_and_checks_options_first(explainer):
+    with pytest.raises(SimattrError, match="does not take"):
+        explainer.iter_many(Q, DOCS, method="ij", rule="cp")  # before any pair
+    it = explainer.iter_many(Q, DOCS[:2], method="ij", steps=1)
+    first = next(it)
+    np.testing.assert_allclose(first.matrix, explainer.explain(Q, DOCS[0], steps=1).matrix, atol=1e-6)
+    assert len(list(it)) == 1
+    rows = list(explainer.iter_many(["a cat", "dogs"], DOCS[:2], method="maxsim", all_pairs=True))
+    assert len(rows) == 4 and rows[1].tokens_b == explainer.explain("a cat", DOCS[1], method="maxsim").tokens_b

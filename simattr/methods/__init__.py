@@ -2,16 +2,16 @@
 
 METHODS: name -> fn(enc_a, enc_b, text_a, text_b, **options) -> Explanation.
 BATCH_METHODS: name -> fn(enc_a, enc_b, texts_a, texts_b, **options) -> [Explanation] (pairs batched at once).
-PAIR_METHODS: name -> fn(enc_a, enc_b, texts_a, texts_b, all_pairs=False, **options) -> [Explanation]: the
-methods with A = G_aᵀ G_b, each distinct text's G at most once (`simattr.jobs`).
+PAIR_JOBS: name -> job class (enc_a, enc_b, **options) for `simattr.jobs.run`: the methods with A = G_aᵀ G_b, whose
+jobs of many pairs make each distinct text's G at most once; METHODS[name].job is the same class.
 """
 from .bertscore import explain_bertscore, explain_bertscore_many
-from .bilrp import explain_bilrp, explain_bilrp_many
-from .ij import explain_ij, explain_ij_many
+from .bilrp import BiLRPJob, explain_bilrp
+from .ij import IJJob, explain_ij
 from .maxsim import explain_maxsim, explain_maxsim_many
 from .ot import explain_ot, explain_ot_many
 
 METHODS = {"ij": explain_ij, "bilrp": explain_bilrp, "maxsim": explain_maxsim, "bertscore": explain_bertscore,
            "ot": explain_ot}
 BATCH_METHODS = {"maxsim": explain_maxsim_many, "bertscore": explain_bertscore_many, "ot": explain_ot_many}
-PAIR_METHODS = {"ij": explain_ij_many, "bilrp": explain_bilrp_many}
+PAIR_JOBS = {"ij": IJJob, "bilrp": BiLRPJob}

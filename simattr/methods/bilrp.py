@@ -216,10 +216,4 @@ def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **op
     return jobs.explain_one(BiLRPJob(enc_a, enc_b, **options), text_a, text_b)
 
 
-def explain_bilrp_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False,
-                       **options) -> list:
-    """BiLRP of many pairs, each text's G at most once (`simattr.jobs`); options: those of `BiLRPJob`."""
-    return list(jobs.run(BiLRPJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
-
-
-explain_bilrp.job = explain_bilrp_many.job = BiLRPJob
+explain_bilrp.job = BiLRPJob

@@ -204,12 +204,7 @@ def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **optio
     return jobs.explain_one(IJJob(enc_a, enc_b, **options), text_a, text_b)
 
 
-def explain_ij_many(enc_a: Encoder, enc_b: Encoder, texts_a, texts_b, all_pairs: bool = False, **options) -> list:
-    """Integrated Jacobians of many pairs, each text's G at most once (`simattr.jobs`); options: those of `IJJob`."""
-    return list(jobs.run(IJJob(enc_a, enc_b, **options), texts_a, texts_b, all_pairs))
-
-
-explain_ij.job = explain_ij_many.job = IJJob
+explain_ij.job = IJJob
 
 
 def active_units(side: Side) -> int:
