@@ -10,6 +10,10 @@ import numpy as np
 from .errors import SimattrError
 
 
+#: the largest matrix Jupyter draws inline as an HTML table (a 512 x 512 table would be tens of MB of HTML)
+HTML_INLINE_CELLS = 128 * 128
+
+
 @dataclass
 class Explanation:
     method: str
@@ -104,8 +108,11 @@ class Explanation:
         from .viz import to_png
         return to_png(self, path, **kwargs)
 
-    def _repr_html_(self) -> str:  # Jupyter
-        return self.to_html()
+    def _repr_html_(self) -> str:  # Jupyter: the heatmap, or the text report for a matrix too big to draw inline
+        if self.matrix.size <= HTML_INLINE_CELLS:
+            return self.to_html()
+        import html
+        return f"<pre>{html.escape(self.format())}</pre><p>(use .to_html(path) for the whole heatmap)</p>"
 
 
 def _plain(v):

@@ -58,3 +58,10 @@ def test_cli_writes_pictures(tmp_path, capsys):
                  "--png", str(png_path)]) == 0
     assert "strongest" in capsys.readouterr().out
     assert "[CLS]" in html_path.read_text(encoding="utf-8") and png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_jupyter_falls_back_to_text_for_big_matrices():
+    big = Explanation(method="ij", matrix=np.zeros((200, 200)), tokens_a=[f"a{i}" for i in range(200)],
+                      tokens_b=[f"b{i}" for i in range(200)], score=0.0)
+    shown = big._repr_html_()
+    assert shown.startswith("<pre>") and "200 x 200" in shown and len(shown) < 10000
