@@ -102,6 +102,16 @@ def plan_pairs(items: Sequence[Item], pairs: Sequence[tuple], out_dim: int, mode
     return PairPlan(materialise=keep, how=[how(i, j) for i, j in pairs], cost=cost, pairwise_cost=pairwise)
 
 
+def embedding_size(job, embedding) -> int:
+    """D of a text's embedding, set on the job by its first text; every text (both towers) must match it."""
+    D = embedding.shape[-1]
+    if job.out_dim is None:
+        job.out_dim = D
+    elif D != job.out_dim:
+        raise SimattrError(f"the two towers give embeddings of different sizes {job.out_dim} and {D}")
+    return D
+
+
 def same_option(x, y) -> bool:
     """Equal reference / units options of two towers (strings, None, lists of spans by value; tensors and
     callables by identity)."""

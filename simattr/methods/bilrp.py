@@ -148,11 +148,7 @@ class BiLRPJob:
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)
-        D = s.fx.shape[-1]
-        if self.out_dim is None:
-            self.out_dim = D
-        elif D != self.out_dim:
-            raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
+        D = jobs.embedding_size(self, s.fx)
         s.f = modified_function(enc, s.tokens, self.layer, self.sim)
         with self.rules_applied() as state:
             state.counter.reset()

@@ -137,11 +137,7 @@ class IJJob:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.refs[tower], self.units[tower], self.sim == "cosine",
                          self.truncate)
-        D = s.fx.shape[-1]
-        if self.out_dim is None:
-            self.out_dim = D
-        elif D != self.out_dim:
-            raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
+        D = jobs.embedding_size(self, s.fx)
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
         s.shape.fused_attention = self.attn[tower] == "fused"
         return s
