@@ -93,11 +93,12 @@ class Explainer:
                 raise SimattrError(f"method {method!r} does not take option {str(exc).split('argument')[-1].strip()}") from None
             raise
 
-    def iter_many(self, a, b, method: str = "maxsim", *, all_pairs: bool = False, soft_options: dict = None,
+    def iter_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
                   **options) -> Iterator[Explanation]:
         """`explain_many` as a stream, in order (all_pairs: row by row): ij and bilrp yield each pair as soon as it is
         done (`simattr.jobs.run`; exhaust or close the iterator to restore the model), the batched methods after
         their batch. Options are checked before the first pair."""
+        method = method or self.defaults.get("method", "ij")
         a_list, b_list = as_list(a, "a"), as_list(b, "b")
         if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
             raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
@@ -115,11 +116,12 @@ class Explainer:
         opts = select_options(method, fn, _normalise_options(options), soft)
         return iter(fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts))
 
-    def explain_many(self, a, b, method: str = "maxsim", *, all_pairs: bool = False, soft_options: dict = None,
+    def explain_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
                      **options) -> list:
         """Explanations of many pairs: a and b lists of equal length, or one text on a side against a list on the
         other (one query against many documents); all_pairs=True: every text of a with every text of b, returned
-        as a list of rows (len(a) lists of len(b) explanations).
+        as a list of rows (len(a) lists of len(b) explanations). method: as in `explain` (default: the
+        Explainer's `method` default, else "ij").
 
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
         once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""

@@ -291,5 +291,6 @@ def test_iter_many_streams_and_checks_options_first(explainer):
     first = next(it)
     np.testing.assert_allclose(first.matrix, explainer.explain(Q, DOCS[0], steps=1).matrix, atol=1e-6)
     assert len(list(it)) == 1
+    assert explainer.explain_many(Q, DOCS[:1], steps=1)[0].method == "ij"  # the same default as explain
     rows = list(explainer.iter_many(["a cat", "dogs"], DOCS[:2], method="maxsim", all_pairs=True))
     assert len(rows) == 4 and rows[1].tokens_b == explainer.explain("a cat", DOCS[1], method="maxsim").tokens_b
