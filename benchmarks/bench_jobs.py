@@ -13,6 +13,11 @@ checked equal (max |ΔA|).
 
 times one cross pass of a 7-token query (5 active units) on a 120-token document with all the query's G columns
 as cotangents (zero columns of [CLS]/[SEP] included, as before the runner dropped them) vs the active ones only.
+
+    PYTHONPATH=. python benchmarks/bench_jobs.py --bilrp-modes [--cases short,medium]
+
+times single-pair BiLRP (bench_bilrp.py's pairs, cp, dot) in mode auto (now cross mode for unequal lengths) vs
+mode forward (per-side JVPs: what auto did before BiLRP had cross mode), alternating.
 """
 from __future__ import annotations
 
@@ -95,8 +100,37 @@ def zero_columns(steps: int, runs: int) -> dict:
     return row
 
 
+def bilrp_modes(cases: str, runs: int) -> list:
+    import simattr
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_bilrp import CASES
+    ex = simattr.Explainer()
+    rows = []
+    for case in cases.split(","):
+        a, b = CASES[case]
+        ex.explain(a, b, method="bilrp", sim="dot")  # warm-up
+        times, last = {"auto": [], "forward": []}, {}
+        for _ in range(runs):
+            for mode in times:
+                t = time.perf_counter()
+                last[mode] = ex.explain(a, b, method="bilrp", sim="dot", mode=mode)
+                times[mode].append(time.perf_counter() - t)
+        e = last["auto"]
+        row = {"case": case, "tokens": [len(e.tokens_a), len(e.tokens_b)], "auto_modes": e.settings["mode"],
+               "auto_s": statistics.median(times["auto"]), "forward_s": statistics.median(times["forward"]),
+               "max_abs_diff": float(np.abs(e.matrix - last["forward"].matrix).max()),
+               "runs": [times["auto"], times["forward"]]}
+        row["speedup"] = row["forward_s"] / row["auto_s"]
+        rows.append(row)
+        print(f"bilrp {case} {row['tokens']}: auto {row['auto_modes']} {row['auto_s']:.2f}s  forward "
+              f"{row['forward_s']:.2f}s  x{row['speedup']:.2f}  max|dA| {row['max_abs_diff']:.1e}", flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--bilrp-modes", action="store_true", help="only single-pair BiLRP, mode auto vs forward")
+    ap.add_argument("--cases", default="short,medium", help="with --bilrp-modes: bench_bilrp.py's pairs")
     ap.add_argument("--zero-columns", action="store_true", help="only the zero-columns cross-pass comparison")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=16)
@@ -106,6 +140,12 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bilrp_modes:
+        rows = bilrp_modes(args.cases, args.runs)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"threads": args.threads, "bilrp_modes": rows}, fh, indent=1)
+        return
     if args.zero_columns:
         row = zero_columns(args.steps, args.runs)
         if args.json:
