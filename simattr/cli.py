@@ -57,6 +57,9 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true",
                    help="with --output: keep the pairs already written there (a cut last line is dropped), "
                         "append the rest")
+    m.add_argument("--skip-errors", action="store_true",
+                   help="a pair that cannot be explained (e.g. a text over the maximum length) is written as "
+                        "{index, a, b, error} and the job goes on")
     m.add_argument("--progress", action="store_true", help="a line on stderr after each pair: done, s/pair, time left")
     m.add_argument("--shard", default=None, metavar="K/N",
                    help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
@@ -286,20 +289,37 @@ def _explain_many(args, argv) -> int:
     ex, explicit, soft = _explainer(args, argv)
     out = sys.stdout if args.output is None else open(args.output, "a" if args.resume else "w", encoding="utf-8")
     t0, done = time.perf_counter(), 0
+
+    def write(k, i, j, fields):
+        nonlocal done
+        out.write(json.dumps({"index": k, "a": i, "b": j, **fields}) + "\n")
+        out.flush()
+        done += 1
+        if args.progress:
+            rate = (time.perf_counter() - t0) / done
+            print(f"simattr: {done}/{len(todo)} pairs, {rate:.2f} s/pair, about "
+                  f"{rate * (len(todo) - done) / 60:.1f} min left", file=sys.stderr, flush=True)
+
     try:
         for k0 in range(0, len(todo), args.job_size):
             block = todo[k0:k0 + args.job_size]
-            results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
-                                   soft_options=soft, **explicit)
-            with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
-                for (k, (i, j, _, _)), e in zip(block, results):
-                    out.write(json.dumps({"index": k, "a": i, "b": j, **e.to_dict()}) + "\n")
-                    out.flush()
-                    done += 1
-                    if args.progress:
-                        rate = (time.perf_counter() - t0) / done
-                        print(f"simattr: {done}/{len(todo)} pairs, {rate:.2f} s/pair, about "
-                              f"{rate * (len(todo) - done) / 60:.1f} min left", file=sys.stderr, flush=True)
+            written = 0
+            try:
+                results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
+                                       soft_options=soft, **explicit)
+                with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
+                    for (k, (i, j, _, _)), e in zip(block, results):
+                        write(k, i, j, e.to_dict())
+                        written += 1
+            except SimattrError:
+                if not args.skip_errors:
+                    raise
+                # a text of this block cannot be explained: the rest of the block pair by pair, errors as lines
+                for k, (i, j, a, b) in block[written:]:
+                    try:
+                        write(k, i, j, ex.explain(a, b, method=args.method, soft_options=soft, **explicit).to_dict())
+                    except SimattrError as exc:
+                        write(k, i, j, {"error": str(exc)})
     finally:
         if out is not sys.stdout:
             out.close()

@@ -123,3 +123,19 @@ def test_cli_explain_many_resume_and_shards(tmp_path, capsys):
     bad.write_text("not json\n", encoding="utf-8")
     assert main(["explain-many", str(pairs), "-o", str(bad), "--resume"] + opts) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_cli_explain_many_skip_errors(tmp_path, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    long = " ".join(["word"] * 600)  # over the model's maximum length
+    pairs.write_text(f"a cat\tthe dog\n{long}\ta cat\ndogs\tcats\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp"]) == 2  # the job stops
+    assert "over the model's maximum" in capsys.readouterr().err
+    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp", "--skip-errors"]) == 0
+    rows = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    assert [d["index"] for d in rows] == [0, 1, 2]
+    assert "error" in rows[1] and "matrix" not in rows[1] and "matrix" in rows[0] and "matrix" in rows[2]
+    # resume counts the error line as done
+    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp", "--resume"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
