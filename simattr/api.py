@@ -58,17 +58,29 @@ class Explainer:
     """Keeps one encoder (or a query and a document encoder) loaded across many explanations.
 
     model: None (bundled all-MiniLM-L6-v2), a path, a SentenceTransformer / HF model object, or an Encoder;
-    model_b: optional second tower for text b (asymmetric query/document encoders).
+    model_b: optional second tower for text b (asymmetric query/document encoders);
+    cache_size: how many texts' G (ij, bilrp) to keep across calls — a text explained again (a query against one
+    document after another) then costs no pass of its own; 0 (default) keeps none. The cache assumes the model does
+    not change: `clear_cache()` after changing it. Options that only change *how* G is computed (mode, attention,
+    contraction, memory) are not part of the key.
     """
 
     def __init__(self, model=None, model_b=None, *, pooling=None, tokenizer=None, device=None, dtype=None,
-                 max_length=None, **defaults):
+                 max_length=None, cache_size: int = 0, **defaults):
         if isinstance(model, (tuple, list)) and len(model) == 2 and model_b is None:
             model, model_b = model
         kw = dict(pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length)
         self.encoder_a: Encoder = load_encoder(model, **kw)
         self.encoder_b: Encoder = self.encoder_a if model_b is None else load_encoder(model_b, **kw)
         self.defaults = _normalise_options(defaults)
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
+            raise SimattrError(f"cache_size must be a non-negative integer, got {cache_size!r}")
+        self.cache = jobs.GCache(cache_size) if cache_size else None
+
+    def clear_cache(self):
+        """Forget the kept G's (after changing the model's weights)."""
+        if self.cache is not None:
+            self.cache.clear()
 
     def explain(self, a, b, method: str = None, *, soft_options: dict = None, **options) -> Explanation:
         """Explain a and b with `method`. `soft_options`: defaults applied only if the method takes them (the CLI
@@ -87,6 +99,8 @@ class Explainer:
         fn = METHODS[method]
         opts = select_options(method, fn, opts, soft)
         try:
+            if method in PAIR_JOBS:
+                return jobs.explain_one(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a, b, self.cache)
             return fn(self.encoder_a, self.encoder_b, a, b, **opts)
         except TypeError as exc:
             if "unexpected keyword argument" in str(exc):
@@ -109,7 +123,8 @@ class Explainer:
         soft.update(_normalise_options(soft_options or {}))
         if method in PAIR_JOBS:
             opts = select_options(method, METHODS[method], _normalise_options(options), soft)
-            return jobs.run(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a_list, b_list, all_pairs)
+            return jobs.run(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a_list, b_list, all_pairs,
+                            cache=self.cache)
         if all_pairs:  # batch methods take aligned lists: spell the grid out
             a_list, b_list = [t for t in a_list for _ in b_list], b_list * len(a_list)
         fn = BATCH_METHODS[method]

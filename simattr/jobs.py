@@ -28,7 +28,7 @@ import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -46,6 +46,7 @@ class Item:
 
     units: int
     length: int
+    cached: bool = False  # its G is in the caller's cache (`GCache`): free to use
 
 
 @dataclass
@@ -61,6 +62,8 @@ class PairPlan:
 
 
 def _materialise_cost(item: Item, out_dim: int, mode: str) -> float:
+    if item.cached:
+        return 0.0
     passes = {"forward": item.units, "reverse": out_dim}.get(mode, min(item.units, out_dim))
     return float(passes * item.length)
 
@@ -110,6 +113,42 @@ def embedding_size(job, embedding) -> int:
     elif D != job.out_dim:
         raise SimattrError(f"the two towers give embeddings of different sizes {job.out_dim} and {D}")
     return D
+
+
+class GCache:
+    """G's of texts kept across jobs (`Explainer(cache_size=N)`), least recently used dropped first. Keys are the
+    job's `cache_key(tower)` — the model object, dtype, device and every option G depends on — and the text; the
+    model is assumed not to change while they are kept (`clear()` after changing it)."""
+
+    def __init__(self, max_texts: int):
+        self.max_texts, self.kept, self.hits = int(max_texts), OrderedDict(), 0
+
+    def __contains__(self, key):
+        return key in self.kept
+
+    def get(self, key):
+        self.kept.move_to_end(key)
+        self.hits += 1
+        return self.kept[key]
+
+    def put(self, key, value):
+        self.kept[key] = value
+        self.kept.move_to_end(key)
+        while len(self.kept) > self.max_texts:
+            self.kept.popitem(last=False)
+
+    def clear(self):
+        self.kept.clear()
+
+
+def option_key(x):
+    """A hashable stand-in for an option value: strings and numbers as they are, span lists by value, tensors and
+    callables by identity."""
+    if x is None or isinstance(x, (str, int, float)):
+        return x
+    if isinstance(x, (list, tuple)):
+        return ("value", repr(x))
+    return ("id", id(x))
 
 
 def same_option(x, y) -> bool:
@@ -169,6 +208,9 @@ class PairJob(Protocol):
     def tower_key(self, tower: int):
         """Equal keys for towers whose G of a text is the same (one encoder, same reference and units)."""
 
+    def cache_key(self, tower: int):
+        """Everything a text's G depends on besides the text (after `begin`), for `GCache`."""
+
     def side(self, tower: int, text: str):
         """Everything of one text that the passes need (tower 0: encoder a, 1: encoder b)."""
 
@@ -222,9 +264,9 @@ def _nbytes(side) -> int:
 
 
 def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs: bool = False,
-        side_bytes: int = SIDE_CACHE_BYTES) -> Iterator:
+        side_bytes: int = SIDE_CACHE_BYTES, cache: Optional[GCache] = None) -> Iterator:
     """Explanations of the pairs (texts_a[k], texts_b[k]) — or of every (a, b) when all_pairs — in order.
-    side_bytes: how much of the prepared texts to keep (`Sides`)."""
+    side_bytes: how much of the prepared texts to keep (`Sides`); cache: G's kept across jobs (used and filled)."""
     texts_a, texts_b = list(texts_a), list(texts_b)
     if all_pairs:
         pairs = [(i, j) for i in range(len(texts_a)) for j in range(len(texts_b))]
@@ -252,6 +294,9 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         items = [job.item(sides[t]) for t in range(len(towers))]
         with named("begin"):
             job.begin(sides, ids)
+        cache_keys = [(job.cache_key(tower), text) for tower, text in towers] if cache is not None else None
+        for t, item in enumerate(items):
+            item.cached = cache_keys is not None and cache_keys[t] in cache
         pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)
         job.pair_plan = pair_plan
         setup = (time.perf_counter() - t_setup) / max(1, len(ids))  # tokenising, f(x), f(r), steps: shared
@@ -270,10 +315,15 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         G, plans, reported, crossed = {}, {}, set(), {}
 
         def made(t):
-            if t not in G:
+            if t not in G and items[t].cached:
+                G[t], plan = cache.get(cache_keys[t])
+                plans[t] = dict(plan, cached=True)
+            elif t not in G:
                 side = sides[t]
                 with named("attribution"):
                     G[t], plans[t] = job.attribution(side)
+                if cache is not None:
+                    cache.put(cache_keys[t], (G[t], plans[t]))
             return G[t]
 
         for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
@@ -331,7 +381,7 @@ def _cross_run(job: PairJob, Gs: list, other):
     return out, plan
 
 
-def explain_one(job: PairJob, text_a: str, text_b: str):
+def explain_one(job: PairJob, text_a: str, text_b: str, cache: Optional[GCache] = None):
     """The explanation of one pair (the job's context is closed before it returns)."""
-    with contextlib.closing(run(job, [text_a], [text_b])) as it:
+    with contextlib.closing(run(job, [text_a], [text_b], cache=cache)) as it:
         return next(it)

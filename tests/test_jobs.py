@@ -294,3 +294,38 @@ def test_iter_many_streams_and_checks_options_first(explainer):
     assert explainer.explain_many(Q, DOCS[:1], steps=1)[0].method == "ij"  # the same default as explain
     rows = list(explainer.iter_many(["a cat", "dogs"], DOCS[:2], method="maxsim", all_pairs=True))
     assert len(rows) == 4 and rows[1].tokens_b == explainer.explain("a cat", DOCS[1], method="maxsim").tokens_b
+
+
+@pytest.mark.parametrize("method", ["ij", "bilrp"])
+def test_cache_across_calls(explainer, monkeypatch, method):
+    """Explainer(cache_size=N): a text explained again costs no pass of its own; results equal the uncached ones;
+    an option G depends on is part of the key."""
+    from simattr.methods.bilrp import BiLRPJob
+    from simattr.methods.ij import IJJob
+    ex = simattr.Explainer(explainer.encoder_a, cache_size=8)
+    opts = dict(steps=2) if method == "ij" else {}
+    with counting(monkeypatch, IJJob if method == "ij" else BiLRPJob) as counts:
+        first = ex.explain(Q, DOCS[0], method=method, **opts)  # the query's G made (cross on the document)
+        made_first = len(counts["attribution"])
+        second = ex.explain(Q, DOCS[1], method=method, **opts)  # the query's G from the cache
+        assert len(counts["attribution"]) == made_first + (0 if second.extras["plans"][1]["mode"] == "cross-reverse"
+                                                           else 1)
+        assert second.extras["plans"][0].get("cached") is True
+        third = ex.explain(Q, DOCS[1], method=method, layer=1, **opts)  # another layer: another G
+        assert not third.extras["plans"][0].get("cached")
+    assert ex.cache.hits >= 1
+    for e, d in ((first, DOCS[0]), (second, DOCS[1])):
+        np.testing.assert_allclose(e.matrix, explainer.explain(Q, d, method=method, **opts).matrix, atol=1e-6)
+    many = ex.explain_many(Q, DOCS, method=method, **opts)  # jobs use and fill the same cache
+    assert many[0].extras["plans"][0].get("cached") is True
+    ex.clear_cache()
+    assert not ex.explain(Q, DOCS[0], method=method, **opts).extras["plans"][0].get("cached")
+    with pytest.raises(SimattrError, match="cache_size"):
+        simattr.Explainer(explainer.encoder_a, cache_size=-1)
+
+
+def test_cached_items_are_free_to_the_planner():
+    p = plan_pairs([Item(3, 5, cached=True), Item(8, 20)], [(0, 1)], 384)
+    assert p.materialise == {0} and p.cost == 3 * 20
+    p = plan_pairs([Item(3, 5, cached=True), Item(8, 20, cached=True)], [(0, 1)], 384)
+    assert p.how == ["both"] and p.cost == 0

@@ -145,6 +145,11 @@ class BiLRPJob:
         same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.units[0], self.units[1])
         return 0 if same else tower
 
+    def cache_key(self, tower: int):
+        enc = self.encoders[tower]
+        return ("bilrp", id(enc), str(enc.dtype), str(enc.device), self.layer, self.sim, self.rule,
+                jobs.option_key(self.units[tower]), self.truncate)
+
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)

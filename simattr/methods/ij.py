@@ -133,6 +133,11 @@ class IJJob:
             and jobs.same_option(self.units[0], self.units[1])
         return 0 if same else tower
 
+    def cache_key(self, tower: int):
+        enc = self.encoders[tower]
+        return ("ij", id(enc), str(enc.dtype), str(enc.device), self.layer, self.n_steps, self.rule, self.sim,
+                jobs.option_key(self.refs[tower]), jobs.option_key(self.units[tower]), self.truncate)
+
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.refs[tower], self.units[tower], self.sim == "cosine",
