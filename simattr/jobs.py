@@ -5,16 +5,18 @@ layer and path are settings of the whole job). A pair's A can therefore be made 
 
 * **both**: G of both texts is known ("materialised"): A = G_aᵀ G_b, no pass at all;
 * **cross**: G of one text is known; VJPs on the other text with that G's columns as cotangents give A directly,
-  one VJP per unit of the known text (`engine.reverse_mode(..., cotangents=G.T)`).
+  one VJP per active unit of the known text (`engine.reverse_mode(..., cotangents=G.T)`); all cross passes on one
+  text run as one reverse-mode run.
 
-Every text whose G is materialised is paid for once per job, however many pairs it is in. The planner chooses
-which texts to materialise. Cost model: passes × sequence length (a pass through an S-token sequence costs about
-S); materialising text t costs min(U_t, D)·S_t (forward mode, one JVP per active unit, or reverse mode, one VJP per
-output dimension), a cross pass on text o with known text k costs U_k·S_o. For a single pair this is the
-single-pair rule of `methods/ij.py` (cross iff U_small < U_large: S_large cancels), so `explain` and
-`explain_many` make the same choices; for a query against many documents the query's G is made once and each
-document costs min(U_doc JVPs, U_query VJPs); in an all-pairs grid every text is typically made once. (Measured, MiniLM, 1 thread, 50 steps: a 7-token
-query against a 120-token document, cross 11.9 s vs 176 s per-side forward; 5 vs 4 active units 1.75 s vs 1.9 s.)
+Every text whose G is materialised is paid for once per job, however many pairs it is in (and not at all when a
+`GCache` holds it). The planner chooses which texts to materialise. Cost model: passes × sequence length (a pass
+through an S-token sequence costs about S); materialising text t costs min(U_t, D)·S_t (forward mode, one JVP per
+active unit, or reverse mode, one VJP per output dimension), a cross pass on text o with known text k costs
+U_k·S_o. For a single pair this is the single-pair rule (cross iff U_small < U_large: S_large cancels), so
+`explain` and `explain_many` make the same choices; for a query against many documents the query's G is made once
+and each document costs min(U_doc JVPs, U_query VJPs); in an all-pairs grid every text is typically made once.
+(Measured, MiniLM, 1 thread, 50 steps: a 7-token query against a 120-token document, cross 11.9 s vs 176 s
+per-side forward; 5 vs 4 active units 1.75 s vs 1.9 s.)
 
 The choice is a greedy descent: start with every text materialised (each pair "both") and drop, one at a time,
 the text whose drop lowers the total cost most (a dropped text's pairs become "cross" with the partner known; a
