@@ -14,6 +14,11 @@ checked equal (max |ΔA|).
 times one cross pass of a 7-token query (5 active units) on a 120-token document with all the query's G columns
 as cotangents (zero columns of [CLS]/[SEP] included, as before the runner dropped them) vs the active ones only.
 
+    PYTHONPATH=. python benchmarks/bench_jobs.py --cache [--steps 16]
+
+times one query explained against the 8 documents one `explain` call at a time, with `Explainer(cache_size=16)`
+(the query's G made once, then taken from the cache) vs without a cache, alternating.
+
     PYTHONPATH=. python benchmarks/bench_jobs.py --bilrp-modes [--cases short,medium]
 
 times single-pair BiLRP (bench_bilrp.py's pairs, cp, dot) in mode auto (now cross mode for unequal lengths) vs
@@ -127,8 +132,33 @@ def bilrp_modes(cases: str, runs: int) -> list:
     return rows
 
 
+def cache(steps: int, runs: int) -> dict:
+    import simattr
+    plain = simattr.Explainer()
+    cached = simattr.Explainer(plain.encoder_a, cache_size=16)
+    plain.explain("warm up", "the model", steps=steps)
+    times = {"cache": [], "none": []}
+    for _ in range(runs):
+        for name, ex in (("cache", cached), ("none", plain)):
+            if ex.cache is not None:
+                ex.clear_cache()
+            t = time.perf_counter()
+            out = [ex.explain(QUERIES[0], d, steps=steps) for d in DOCS]
+            times[name].append(time.perf_counter() - t)
+            if name == "cache":
+                got = out
+    diff = max(float(np.abs(a.matrix - b.matrix).max()) for a, b in zip(got, out))
+    row = {"cache_s": statistics.median(times["cache"]), "none_s": statistics.median(times["none"]),
+           "max_abs_diff": diff, "runs": times}
+    row["speedup"] = row["none_s"] / row["cache_s"]
+    print(f"query against 8 documents, one call each, {steps} steps: cache {row['cache_s']:.2f}s  none "
+          f"{row['none_s']:.2f}s  x{row['speedup']:.2f}  max|dA| {diff:.1e}", flush=True)
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", action="store_true", help="only explain calls with vs without Explainer(cache_size)")
     ap.add_argument("--bilrp-modes", action="store_true", help="only single-pair BiLRP, mode auto vs forward")
     ap.add_argument("--cases", default="short,medium", help="with --bilrp-modes: bench_bilrp.py's pairs")
     ap.add_argument("--zero-columns", action="store_true", help="only the zero-columns cross-pass comparison")
@@ -140,6 +170,12 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cache:
+        row = cache(args.steps, args.runs)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"threads": args.threads, "steps": args.steps, "cache": row}, fh, indent=1)
+        return
     if args.bilrp_modes:
         rows = bilrp_modes(args.cases, args.runs)
         if args.json:
