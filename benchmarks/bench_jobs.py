@@ -170,24 +170,15 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.cache:
-        row = cache(args.steps, args.runs)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"threads": args.threads, "steps": args.steps, "cache": row}, fh, indent=1)
-        return
-    if args.bilrp_modes:
-        rows = bilrp_modes(args.cases, args.runs)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"threads": args.threads, "bilrp_modes": rows}, fh, indent=1)
-        return
-    if args.zero_columns:
-        row = zero_columns(args.steps, args.runs)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"threads": args.threads, "steps": args.steps, "zero_columns": row}, fh, indent=1)
-        return
+    single = {"cache": lambda: cache(args.steps, args.runs), "bilrp_modes": lambda: bilrp_modes(args.cases, args.runs),
+              "zero_columns": lambda: zero_columns(args.steps, args.runs)}
+    for name, measure in single.items():  # a comparison of its own instead of the jobs table
+        if getattr(args, name):
+            result = measure()
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump({"threads": args.threads, "steps": args.steps, name: result}, fh, indent=1)
+            return
     import simattr
     ex = simattr.Explainer()
     rows = []
