@@ -152,11 +152,14 @@ def attention_bench(args):
     from triton.testing import do_bench
     T, H = (8, 12) if args.quick else (64, 12)
     grid = []
+    seqs = [int(x) for x in args.attn_seq.split(",")] if args.attn_seq else ((64, 256) if args.quick else (64, 256, 512))
+    batches = [int(x) for x in args.attn_batch.split(",")] if args.attn_batch else \
+        ((1, 2) if args.quick else (1, 2, 4, 8))
     for D in (32, 64):
-        for S in ((64, 256) if args.quick else (64, 256, 512)):
-            for B in ((1, 2) if args.quick else (1, 2, 4, 8)):
+        for S in seqs:
+            for B in batches:
                 grid.append((torch.float32, D, S, B))
-            grid.append((torch.bfloat16, D, S, 2 if args.quick else 8))
+            grid.append((torch.bfloat16, D, S, max(batches)))
     for dtype, D, S, B in grid:
         if time.time() - T0 > args.budget_s * 0.45:
             log("attention section: time budget reached, skipping the remaining configurations")
@@ -525,6 +528,8 @@ def main():
     ap.add_argument("--apply-best", action="store_true",
                     help="after section t, use the fastest fp32 configuration (error <= 1e-5) and rerun section c")
     ap.add_argument("--e2e-tokens", default=None, help="comma-separated token counts for section c (default 16,64,256,512)")
+    ap.add_argument("--attn-seq", default=None, help="comma-separated sequence lengths for section b (default 64,256,512)")
+    ap.add_argument("--attn-batch", default=None, help="comma-separated batch sizes for section b (default 1,2,4,8)")
     ap.add_argument("--sweep-budget-s", type=float, default=200, help="wall-time limit of the tile sweep (section t)")
     ap.add_argument("--budget-s", type=float, default=450, help="soft wall-time budget; later configs are skipped")
     args = ap.parse_args()
