@@ -14,6 +14,8 @@ Sections (each in its own try/except: a crash prints its error and the run goes 
   d. torch.profiler: top 15 ops by CUDA time for one IJ explanation (MiniLM, 64 tokens), fused on and off;
   e. end to end BiLRP (CP rule), kernels on (fused constant-softmax attention + Triton contraction) vs off
      (eager rule + einsum contraction): MiniLM at 16/64/256 tokens, BERT-base-sized at 512; pairs/s, peak memory;
+  m. IJ at 512 tokens (BERT-base-sized) under max_memory = 1 / 4 GiB, eager and fused: chunks, peak memory, time;
+  s. short texts (16..64 tokens): IJ end to end, fused vs eager, where the fused attention starts to pay;
   f. the reverse-mode Jacobian contraction alone: einsum vs Triton (and the CUDA extension when built) at
      reverse-mode chunk shapes (benchmarks/bench_contract.py), GB/s.
 
@@ -305,6 +307,56 @@ def end_to_end(args):
             log({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
 
+# ------------------------------------------------------------------------------------------ m. memory budget
+@section("m: 512 tokens under a fixed memory budget")
+def memory_budget(args):
+    """IJ on the BERT-base-sized model at 512 + 512 tokens with `max_memory` = 1 and 4 GiB, eager and fused: the
+    planner's chunks, the peak GPU memory above what was allocated before the call, and seconds per pair."""
+    import simattr
+    enc, _ = minilm_encoder()
+    big = bert_base_encoder(enc.tokenizer)
+    ex = simattr.Explainer(big)
+    a, b = text_of(big.tokenizer, 512, 7), text_of(big.tokenizer, 512, 8)
+    RESULTS["m_memory"] = []
+    for budget in ("1GB", "4GB"):
+        for name in ("eager", "fused"):
+            kw = dict(steps=1, mode="forward", attention=name, max_memory=budget)
+            ex.explain(a, b, **kw)  # warm-up (Triton compiles for these chunk shapes)
+            t = time.perf_counter()
+            e, peak = peak_mib(lambda: ex.explain(a, b, **kw))
+            sec = time.perf_counter() - t
+            plan = e.extras["plans"][0]
+            row = {"model": big.name, "tokens": 512, "max_memory": budget, "attention": name, "peak_MiB": peak,
+                   "s_per_pair_per_step": sec, "unit_chunk": plan.get("unit_chunk"),
+                   "node_chunk": plan.get("node_chunk"), "budget_MiB": plan.get("budget_bytes", 0) / 2 ** 20}
+            RESULTS["m_memory"].append(row)
+            log({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ------------------------------------------------------------------------------------------ s. short texts
+@section("s: short texts, fused vs eager")
+def short_texts(args):
+    """Where the fused attention starts to pay end to end: IJ (steps = 50) at 16..64 tokens, 5 runs each."""
+    import simattr
+    enc, _ = minilm_encoder()
+    ex = simattr.Explainer(enc)
+    RESULTS["s_short"] = []
+    for n in (16, 24, 32, 48, 64):
+        a, b = text_of(enc.tokenizer, n, 11), text_of(enc.tokenizer, n, 12)
+        row = {"tokens": n}
+        for name in ("eager", "fused", "eager", "fused"):  # alternate: two rounds, the better kept
+            kw = dict(steps=50, mode="forward", attention=name)
+            ex.explain(a, b, **kw)
+            t = time.perf_counter()
+            for _ in range(5):
+                ex.explain(a, b, **kw)
+            sec = (time.perf_counter() - t) / 5
+            row[f"{name}_s_per_pair"] = min(sec, row.get(f"{name}_s_per_pair", float("inf")))
+        row["speedup"] = row["eager_s_per_pair"] / row["fused_s_per_pair"]
+        RESULTS["s_short"].append(row)
+        log({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
 # ------------------------------------------------------------------------------------------ e. BiLRP end to end
 @section("e: BiLRP end to end")
 def bilrp_end_to_end(args):
@@ -508,6 +560,15 @@ def summary():
                 wins = all(r[b]["ok"] and r[b]["speedup_vs_torch"] > 1.05 for r in rows)
                 print(f"    -> {b}: {'faster at every shape: set' if wins else 'not faster everywhere: keep'} "
                       f"simattr.contraction.AUTO_KERNEL['cuda'] = {repr(b) if wins else None}")
+    if RESULTS.get("m_memory"):
+        print("(m) IJ at 512 tokens under max_memory: attention, tangents per chunk, peak MiB, s per pair per step")
+        for r in RESULTS["m_memory"]:
+            print(f"    {r['max_memory']:>5} {r['attention']:>6} {r['unit_chunk']:>4} {r['peak_MiB']:9.0f} "
+                  f"{r['s_per_pair_per_step']:8.3f}")
+    if RESULTS.get("s_short"):
+        print("(s) short texts, IJ 50 steps, s per pair eager / fused (speedup): " + ", ".join(
+            f"{r['tokens']}: {r['eager_s_per_pair']:.3f}/{r['fused_s_per_pair']:.3f} ({r['speedup']:.2f})"
+            for r in RESULTS["s_short"]))
     if RESULTS["d_profile"]:
         print("(d) profiler tables printed above" + (" and written under $OUT" if os.environ.get("OUT") else ""))
     for e in RESULTS["errors"]:
@@ -550,7 +611,7 @@ def main():
     log(RESULTS["device"], RESULTS["versions"])
     torch.manual_seed(0)
     sections = {"a": correctness, "b": attention_bench, "c": end_to_end, "d": profile, "e": bilrp_end_to_end,
-                "f": contraction_bench}
+                "f": contraction_bench, "m": memory_budget, "s": short_texts}
     for key, run_section in sections.items():  # in this order, whatever the order of --sections
         if key in args.sections:
             run_section(args)

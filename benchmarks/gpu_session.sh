@@ -1,5 +1,6 @@
 #!/bin/bash
-# The prepared GPU check, in two device calls that each stay well under the 600 s per-command limit
+# The prepared GPU check: one device call (`all`, 321 s on an H100 on 2026-11-27, machine start not counted), or the
+# older split in two calls that each stay well under the 600 s per-command limit
 # (device machine: torch + triton + transformers preinstalled, no internet). From the repo root, with the MiniLM
 # tokenizer/config copied to .gpu/minilm (carried; the weights are too big to carry, so speed runs use random
 # weights of the same shapes):

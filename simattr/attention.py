@@ -34,6 +34,12 @@ NAME_CONSTANT_SOFTMAX = "simattr_fused_cp"
 EAGER_COMPATIBLE = ("eager", NAME, NAME_CONSTANT_SOFTMAX)
 
 _backend = contextvars.ContextVar("simattr_attention_backend", default="auto")
+#: with attention="auto", sequences shorter than this run eager math inside the fused context: below it the kernel's
+#: fixed per-call cost (autograd.Function + vmap rule + two launches per layer) outweighs what it saves. Measured on
+#: an H100, IJ end to end (MiniLM shapes, 50 steps), fused vs eager: 16 tokens 0.77x, 24 1.20x, 32 1.06x,
+#: 48 1.08x, 64 1.20x, 256 1.64x (benchmarks/RESULTS.md). `fused_attention(min_tokens=...)` applies it.
+AUTO_MIN_TOKENS = 24
+_min_tokens = contextvars.ContextVar("simattr_attention_min_tokens", default=0)
 
 
 def _eager_math(module, query, key, value, attention_mask, scaling, dropout):
@@ -57,6 +63,8 @@ def _make_forward(constant_softmax: bool):
         if key.shape[1] != query.shape[1]:  # grouped-query attention
             rep = query.shape[1] // key.shape[1]
             key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+        if not constant_softmax and key.shape[2] < _min_tokens.get():  # short: eager math is faster
+            return _eager_math(module, query, key, value, attention_mask, scaling, 0.0)
         mask = as_4d_mask(attention_mask, query.shape[0], query.shape[2], key.shape[2])
         out = FusedAttention.apply(query, key, value, mask, float(scaling), constant_softmax, _backend.get())[0]
         return out.transpose(1, 2), None
@@ -142,12 +150,15 @@ def kernel_backend(backend: str):
 
 
 @contextlib.contextmanager
-def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: Optional[str] = None):
+def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: Optional[str] = None,
+                    min_tokens: int = 0):
     """Run `model` (a HF PreTrainedModel, or an object with `.model`, e.g. a simattr Encoder) with fused attention.
 
     constant_softmax: derivatives treat the softmax as constant (CP-LRP); the forward values are unchanged.
     backend: "auto" (the Triton kernel on CUDA when Triton imports, PyTorch math elsewhere), "triton" or "torch";
-    None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). Models that do not dispatch
+    None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). min_tokens: sequences shorter
+    than this run eager math instead (not with constant_softmax); `AUTO_MIN_TOKENS` is what attention="auto" uses.
+    Models that do not dispatch
     through the registry (MPNet) are left as they are (yielded unchanged). The previous implementation is restored on exit, also after an exception.
     """
     hf = getattr(model, "model", model) if not hasattr(model, "config") else model
@@ -159,13 +170,15 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
     register()
     previous = hf.config._attn_implementation
     token = _backend.set(backend or _backend.get())
+    token_min = _min_tokens.set(int(min_tokens))
     _set(hf, NAME_CONSTANT_SOFTMAX if constant_softmax else NAME)
     try:
         yield model
     finally:
         _set(hf, previous)
         _backend.reset(token)
+        _min_tokens.reset(token_min)
 
 
-__all__ = ["choose", "CHOICES", "fused_attention", "kernel_backend", "current_backend", "register",
+__all__ = ["choose", "CHOICES", "AUTO_MIN_TOKENS", "fused_attention", "kernel_backend", "current_backend", "register",
            "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX", "EAGER_COMPATIBLE", "HAS_TRITON"]

@@ -13,7 +13,8 @@ import os
 from typing import Tuple
 
 #: device type -> whether "auto" uses the compiled kernel there (set from benchmarks/bench_maxsim.py figures)
-#: CUDA: False until `benchmarks/gpu_session.sh kernels` has measured Triton against PyTorch on a GPU (not yet done)
+#: CUDA: False, measured: on an H100 the Triton kernel (fp32 IEEE dots, for exact argmax agreement) took 4.3 ms where
+#: PyTorch's bmm + max took 1.8 ms (0.43x, 10,000 pairs of 32 x 128 tokens, full and ragged); benchmarks/RESULTS.md
 AUTO_KERNEL = {"cuda": False, "cpu": True}
 #: on CPU, "auto" takes the C++ kernel only when at most this share of the padded B x Sq x Sd score grid is unmasked:
 #: it skips masked tokens (2.4x faster than PyTorch on ragged lengths) but its micro-kernel is slower than MKL's

@@ -343,6 +343,56 @@ def test_context_manager_on_tiny_bert(backend):
         assert K.LAUNCHES["jvp"] - before["jvp"] == 2
 
 
+def test_min_tokens_runs_short_sequences_eager(monkeypatch):
+    """fused_attention(min_tokens=N): sequences shorter than N skip FusedAttention (eager math, same values and
+    tangents); N or longer go through it; the constant-softmax rule always does (eager math would not hold it)."""
+    from simattr import attention as fa
+    model = tiny_bert(seed=2)
+    calls = []
+    real = FusedAttention.apply
+    monkeypatch.setattr(FusedAttention, "apply", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    for S, min_tokens, fused in ((8, 9, False), (9, 9, True), (8, 0, True)):
+        ids = torch.randint(5, 120, (1, S)).to(DEV)
+        am = torch.ones(1, S, dtype=torch.long, device=DEV)
+        with torch.no_grad():
+            emb = model.embeddings(input_ids=ids)
+        ts = torch.randn(2, 1, S, 64).to(DEV)
+        ref_o, ref_t = _bert_jvps(model, ids, am, emb, ts)
+        calls.clear()
+        with fa.fused_attention(model, backend="torch", min_tokens=min_tokens):
+            out_o, out_t = _bert_jvps(model, ids, am, emb, ts)
+        assert bool(calls) == fused, (S, min_tokens, calls)
+        assert (out_o - ref_o).abs().max() <= 1e-5 and (out_t - ref_t).abs().max() <= 1e-5
+    calls.clear()
+    with fa.fused_attention(model, constant_softmax=True, backend="torch", min_tokens=100):
+        model(inputs_embeds=emb, attention_mask=am)
+    assert calls  # CP rule: through the Function whatever the length
+    assert fa._min_tokens.get() == 0  # restored on exit
+
+
+def test_ij_auto_attention_is_eager_below_the_minimum(monkeypatch, family_encoder):
+    """attention="auto" where the fused path is chosen (CUDA; forced here): a text shorter than AUTO_MIN_TOKENS runs
+    eager (and settings["attention"] says so), a longer one fused; the matrices equal attention="eager"."""
+    import simattr
+    from simattr import attention as fa
+    enc = family_encoder("bert")
+    ex = simattr.Explainer(enc)
+    short, long = "the cat sat", "a long sentence " + " ".join(["word"] * 12)
+    ref = ex.explain(short, long, steps=3, mode="forward", attention="eager")
+    real_choose = fa.choose
+    monkeypatch.setattr(fa, "choose", lambda e, a="auto": "fused" if a == "auto" else real_choose(e, a))
+    monkeypatch.setattr(fa, "AUTO_MIN_TOKENS", 10)
+    calls = []
+    real = FusedAttention.apply
+    monkeypatch.setattr(FusedAttention, "apply", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    got = ex.explain(short, long, steps=3, mode="forward")
+    assert got.settings["attention"] == ["eager", "fused"]
+    assert calls and min(calls) >= 10  # only the long text went through the fused Function
+    assert abs(got.matrix - ref.matrix).max() <= 1e-5
+    assert ex.explain(short, long, steps=3, mode="forward", attention="fused").settings["attention"] == \
+        ["fused", "fused"]  # an explicit "fused" has no minimum
+
+
 def test_context_manager_restores_on_error_and_constant_softmax():
     from simattr.attention import NAME_CONSTANT_SOFTMAX, fused_attention
     model = tiny_bert(seed=1)

@@ -144,8 +144,13 @@ class IJJob:
                          self.truncate)
         D = jobs.embedding_size(self, s.fx)
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
-        s.shape.fused_attention = self.attn[tower] == "fused"
+        s.shape.fused_attention = self.attention_of(tower, s) == "fused"
         return s
+
+    def attention_of(self, tower: int, side: Side) -> str:
+        """The attention `side` runs through: the job's, except eager for texts below the fused minimum."""
+        short = side.tokens.length < min_fused_tokens(self.attention)
+        return "eager" if self.attn[tower] == "eager" or short else "fused"
 
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(active_units(side), side.tokens.length)
@@ -192,7 +197,7 @@ class IJJob:
                     "mode": [p["mode"] for p in plans], "tol": self.tol if self.history else None,
                     "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
                     "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
-                    "attention": list(self.attn)}
+                    "attention": [self.attention_of(0, a), self.attention_of(1, b)]}
         extras = {"completeness_per_side": completeness, "plans": plans, "steps_history": self.history,
                   "seconds": seconds}
         extras = {k: v for k, v in extras.items() if v is not None}
@@ -231,7 +236,14 @@ def attention_context(encoder: Encoder, attention: str = "auto", constant_softma
     from .. import attention as fused
     if fused.choose(encoder, attention) == "eager":
         return nullcontext("eager")
-    return _yielding(fused.fused_attention(encoder.model, constant_softmax=constant_softmax), "fused")
+    return _yielding(fused.fused_attention(encoder.model, constant_softmax=constant_softmax,
+                                           min_tokens=min_fused_tokens(attention)), "fused")
+
+
+def min_fused_tokens(attention: str) -> int:
+    """Shortest sequence the fused attention runs for (shorter ones run eager math): `AUTO_MIN_TOKENS` under "auto"."""
+    from .. import attention as fused
+    return fused.AUTO_MIN_TOKENS if attention == "auto" else 0
 
 
 @contextlib.contextmanager
