@@ -12,7 +12,8 @@
 #   `DEADLINE_S=570 bash benchmarks/gpu_session.sh all`: CUDA extension built in the background, kernel tests
 #   (xdist), IJ/BiLRP end to end + profiler + attention at 256 tokens, then the ext's CUDA tests and the op benchmarks
 #   with whatever time is left. At most 8 files come back from $OUT: session.log (tee it), gpu_profile.json,
-#   profile_{fused,eager}.txt, kernel_tests.log, maxsim.json, maxsim_ragged.json, contract.json.
+#   profile_{fused,eager}.txt, kernel_tests.log, maxsim.json, contract.json, zero_tensors.json (--ragged MaxSim only
+#   into session.log).
 # Everything is also written under $OUT (logs, JSON after every section), so a run cut short keeps what finished.
 export PYTHONUNBUFFERED=1 PYTHONPATH=. HF_HUB_OFFLINE=1
 # tests without the bundled MiniLM package: tokenizer/config from .gpu/minilm, random weights (tests/conftest.py)
@@ -44,14 +45,18 @@ if [ "$part" = all ]; then
         >> "$OUT/kernel_tests.log" 2>&1; echo "contract tests with the CUDA extension rc=$?"; tail -3 "$OUT/kernel_tests.log"
   fi
   timeout 60 python3 -m simattr.cli info 2>&1 | tail -25
+  echo "--- left $(left) s: ZeroTensor kernels on/off (fixed per-op cost of forward mode)"
+  [ $(left) -gt 140 ] && timeout 90 python3 benchmarks/bench_zero_tensors.py --device cuda --threads 8 --runs 3 \
+      --rounds 1 --out "$OUT/zero_tensors.json" 2>&1 | tail -12
   echo "--- left $(left) s: op benchmarks"
   timeout $(( $(left) > 60 ? 50 : 5 )) python3 benchmarks/bench_contract.py --runs 7 --out "$OUT/contract.json" > /dev/null 2>&1
   [ -f "$OUT/contract.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(r['K'], r['N'], r['S'], r['H'], {b: (round(r[b]['ms'], 3), round(r[b]['speedup_vs_torch'], 2), r[b]['ok']) for b in ('torch', 'triton', 'cuda', 'cpp') if b in r}) for r in d['op']]" "$OUT/contract.json"
   for args in "" "--ragged"; do
     name=$(echo "maxsim $args" | tr -c 'a-z0-9\n' '_' | tr -s '_' | sed 's/_$//')
+    [ "$name" = maxsim ] && json="$OUT/maxsim.json" || json="/tmp/${name}.json"  # 8 files come back at most
     [ $(left) -gt 25 ] || break
-    timeout $(( $(left) - 10 )) python3 benchmarks/bench_maxsim.py --runs 9 $args --out "$OUT/${name}.json" > /dev/null 2>&1
-    [ -f "$OUT/${name}.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], d['device'], 'ok' if d['ok'] else 'MISMATCH', {k: (round(v['median_s']*1e3, 3), round(v['speedup_vs_torch'], 2)) for k, v in d['results'].items()})" "$OUT/${name}.json"
+    timeout $(( $(left) - 10 )) python3 benchmarks/bench_maxsim.py --runs 9 $args --out "$json" > /dev/null 2>&1
+    [ -f "$json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], d['device'], 'ok' if d['ok'] else 'MISMATCH', {k: (round(v['median_s']*1e3, 3), round(v['speedup_vs_torch'], 2)) for k, v in d['results'].items()})" "$json"
   done
   echo "--- done, $(left) s left"
 elif [ "$part" = kernels ]; then

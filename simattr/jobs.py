@@ -34,6 +34,7 @@ from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
+from . import zero_tensors
 from .engine import PAIR_MODES, named
 from .errors import SimattrError
 
@@ -281,7 +282,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
     if not pairs:
         return
     t_setup = time.perf_counter()
-    with job.context():
+    with job.context(), zero_tensors.fast_kernels():
         keys, ids, towers = {}, [], []  # (tower key, text) -> item id; pair -> (id_a, id_b); id -> (tower, text)
         for i, j in pairs:
             pair_ids = []

@@ -83,6 +83,7 @@ def backend_info() -> dict:
         "maxsim": _maxsim_info(),
         "attention": _attention_info(),
         "contraction": _contraction_info(),
+        "zero_tensor_kernels": _zero_tensor_info(),
         "threads": torch.get_num_threads(),
     }
 
@@ -98,6 +99,11 @@ def _attention_info() -> dict:
         return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
     why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
     return {"available": False, "reason": f"{why}: eager math attention (forward-mode AD through PyTorch ops)"}
+
+
+def _zero_tensor_info() -> dict:
+    from . import zero_tensors
+    return zero_tensors.info()
 
 
 def _contraction_info() -> dict:
