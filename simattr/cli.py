@@ -43,6 +43,9 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the explanation as JSON")
     e.add_argument("--html", default=None, metavar="FILE", help="also write an HTML heatmap of the matrix")
     e.add_argument("--png", default=None, metavar="FILE", help="also write a PNG heatmap (needs matplotlib)")
+    e.add_argument("--faithfulness", action="store_true",
+                   help="also check the matrix against the model by occlusion (simattr.evaluate): correlation with "
+                        "pairwise occlusion interactions, deletion areas")
     m = sub.add_parser("explain-many", help="explain many pairs (JSON lines out); each text's G at most once",
                        description="Pairs from a file (JSON lines with 'a' and 'b', or two tab-separated columns; "
                                    "'-': standard input), or every text of --texts-a with every text of --texts-b "
@@ -186,6 +189,15 @@ def _explainer(args, argv):
 def _explain(args, argv=None) -> int:
     ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
+    check = None
+    if args.faithfulness:
+        from .evaluate import faithfulness
+        units = result.settings.get("units", "token")
+        check = faithfulness(ex, args.text_a, args.text_b, result, units=units if units in ("token", "word") else None,
+                             truncate=bool(result.settings.get("truncate", False)))
+        result.extras["faithfulness"] = {"pearson": check.pearson, "spearman": check.spearman,
+                                         "units_pearson": check.pearson_rows, "deletion_auc": check.auc,
+                                         "random_std": check.random_std}
     if args.html:
         result.to_html(args.html)
     if args.png:
@@ -194,6 +206,8 @@ def _explain(args, argv=None) -> int:
         print(result.to_json())
     else:
         print(result.format(top=args.top))
+        if check is not None:
+            print(check.summary())
     return 0
 
 

@@ -139,3 +139,12 @@ def test_cli_explain_many_skip_errors(tmp_path, capsys):
     # resume counts the error line as done
     assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp", "--resume"]) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_cli_faithfulness(capsys):
+    assert main(["explain", "a cat sat", "the dog ran", "--steps", "4", "--json", "--faithfulness"]) == 0
+    f = json.loads(capsys.readouterr().out)["faithfulness"]
+    assert set(f) >= {"pearson", "spearman", "units_pearson", "deletion_auc"}
+    assert set(f["deletion_auc"]) == {"most", "least", "random"}
+    assert main(["explain", "a cat sat", "the dog ran", "--method", "maxsim", "--faithfulness"]) == 0
+    assert "faithfulness (maxsim)" in capsys.readouterr().out
