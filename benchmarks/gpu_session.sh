@@ -33,17 +33,18 @@ if [ "$part" = all ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider $xd tests/test_kernels_attention.py \
       tests/test_kernels_maxsim.py tests/test_kernels_contract.py tests/test_kernels_compile.py \
       > "$OUT/kernel_tests.log" 2>&1; echo "kernel tests rc=$?"; tail -6 "$OUT/kernel_tests.log"
-  echo "--- left $(left) s: end to end (IJ N=50, BiLRP), profiler, attention JVP at 256 tokens"
-  b=$(( $(left) - 150 ))
-  timeout $(( b + 40 )) python3 benchmarks/gpu_profile.py --sections bcde --attn-seq 256 --attn-batch 1,8 \
-      --budget-s $b 2>&1 | grep -v "^\s*$"
-  echo "--- left $(left) s: CUDA extension"
-  timeout 30 bash -c "while kill -0 $build 2>/dev/null; do sleep 2; done"; tail -4 /tmp/build.log
+  echo "--- left $(left) s: CUDA extension (the profile then runs with it: ZeroTensor kernels, CUDA contraction)"
+  timeout 90 bash -c "while kill -0 $build 2>/dev/null; do sleep 2; done"; tail -3 /tmp/build.log
   so=$(find /tmp/extbuild -name '_C*.so' 2>/dev/null | head -1)
   if [ -n "$so" ]; then
     cp "$so" simattr/ && timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_contract.py \
-        >> "$OUT/kernel_tests.log" 2>&1; echo "contract tests with the CUDA extension rc=$?"; tail -3 "$OUT/kernel_tests.log"
+        tests/test_zero_tensors.py >> "$OUT/kernel_tests.log" 2>&1
+    echo "contraction + ZeroTensor tests with the extension rc=$?"; tail -2 "$OUT/kernel_tests.log"
   fi
+  echo "--- left $(left) s: end to end (IJ N=50, BiLRP), profiler, attention JVP at 256 tokens, memory, short texts"
+  b=$(( $(left) - 170 ))
+  timeout $(( b + 40 )) python3 benchmarks/gpu_profile.py --sections bcdems --attn-seq 256 --attn-batch 1,8 \
+      --budget-s $b 2>&1 | grep -v "^\s*$"
   timeout 60 python3 -m simattr.cli info 2>&1 | tail -25
   echo "--- left $(left) s: ZeroTensor kernels on/off (fixed per-op cost of forward mode)"
   [ $(left) -gt 140 ] && timeout 90 python3 benchmarks/bench_zero_tensors.py --device cuda --threads 8 --runs 3 \
