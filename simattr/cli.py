@@ -189,15 +189,16 @@ def _explainer(args, argv):
 def _explain(args, argv=None) -> int:
     ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
-    check = None
-    if args.faithfulness:
+    check = failed = None
+    if args.faithfulness:  # occlusion settings follow the explanation's (simattr.evaluate)
         from .evaluate import faithfulness
-        units = result.settings.get("units", "token")
-        check = faithfulness(ex, args.text_a, args.text_b, result, units=units if units in ("token", "word") else None,
-                             truncate=bool(result.settings.get("truncate", False)))
-        result.extras["faithfulness"] = {"pearson": check.pearson, "spearman": check.spearman,
-                                         "units_pearson": check.pearson_rows, "deletion_auc": check.auc,
-                                         "random_std": check.random_std}
+        try:
+            check = faithfulness(ex, args.text_a, args.text_b, result, truncate=bool(args.truncate))
+            result.extras["faithfulness"] = {"pearson": check.pearson, "spearman": check.spearman,
+                                             "units_pearson": check.pearson_rows, "deletion_auc": check.auc,
+                                             "random_std": check.random_std, "settings": check.settings}
+        except SimattrError as exc:  # the explanation is still printed, then the error
+            failed = exc
     if args.html:
         result.to_html(args.html)
     if args.png:
@@ -208,6 +209,8 @@ def _explain(args, argv=None) -> int:
         print(result.format(top=args.top))
         if check is not None:
             print(check.summary())
+    if failed is not None:
+        raise failed
     return 0
 
 

@@ -9,10 +9,16 @@ at the same position, IJ's reference) — gives the model's own answer, with no 
   the discrete counterpart of what A[u, v] claims (for IJ, Σ A equals this identity with everything removed).
   `faithfulness` reports the Pearson and Spearman correlation of A with I over all pairs. It needs the U_a + U_b
   single-unit occlusions only: s(a∖u, b∖v) = f(a∖u)·f(b∖v).
-- first order (units): the row sums of A (unit u of a, given all of b) against Δ_a[u] = s(a, b) − s(a∖u, b), and
-  the column sums against Δ_b; and deletion curves: remove a's units one by one, most relevant first (row sums),
-  with b intact, recording s(a', b); the same for b. The area under the curve (the mean of its points) should be
-  lower for "most" and higher for "least" than for "random" (the classic MoRF / LeRF test, per side).
+- first order (units): the row sums of A (unit u of a against all of b) against the occlusion interaction of u with
+  all of b, Δ_a[u] = (f(a) − f(a∖u))·(f(b) − f(r_b)) = I[u, everything of b] (r_b: b with every unit removed); the
+  column sums against Δ_b likewise. And deletion curves: remove a's units one by one, most relevant first (row
+  sums), recording a′'s interaction with b, f(a′)·(f(b) − f(r_b)) = s(a′, b) − s(a′, r_b); the same for b. The area
+  under a curve (the mean of its points) should be lower for "most" and higher for "least" than for "random" (the
+  MoRF / LeRF test, per side). Measuring against f(b) − f(r_b) rather than f(b) is what makes these exact for IJ
+  on a linear model (its row sums are G_a[:, u]·(f(b) − f(r_b))), whatever the reference.
+
+The occlusion settings follow the explanation where it has them (IJ: layer, reference, sim; BiLRP: layer, sim; the
+set-based methods' layer is an output layer, so occlusion stays at the embeddings); arguments override.
 
 Removing the units of a *pair* from both texts at once is not used: the texts then converge to the same reference
 sequence, so their similarity rises again whatever the explanation (measured on a MiniLM pair: the "most relevant
@@ -37,8 +43,8 @@ class Occlusion:
     """The model's answers by occlusion for one pair (units as in `labels_a`, `labels_b`)."""
     score: float                  # s(a, b)
     interaction: np.ndarray       # [U_a, U_b] I[u, v]
-    delta_a: np.ndarray           # [U_a] s(a, b) − s(a∖u, b)
-    delta_b: np.ndarray           # [U_b] s(a, b) − s(a, b∖v)
+    delta_a: np.ndarray           # [U_a] (f(a) − f(a∖u))·(f(b) − f(r_b)): u against all of b
+    delta_b: np.ndarray           # [U_b] likewise
     labels_a: list
     labels_b: list
 
@@ -49,7 +55,8 @@ class Faithfulness:
     pearson: float                # corr(A, I) over all pairs (second order)
     spearman: float
     pearson_rows: float           # corr(Σ_v A[u, v], Δ_a[u]) and corr(Σ_u A[u, v], Δ_b[v]), averaged (first order)
-    curves: Dict[str, List[List[float]]]  # order -> [curve of a, curve of b]: s after 0, 1, ... removed units
+    curves: Dict[str, List[List[float]]]  # order -> [curve of a, curve of b]: f(a′)·(f(b) − f(r_b)) after 0, 1, ...
+                                          # removed units (b's curve likewise)
     auc: Dict[str, float]         # order -> mean area of the two sides' curves (random: mean over runs)
     random_std: Optional[float]   # spread of the random runs' areas
     occlusion: Occlusion = field(repr=False)
@@ -87,9 +94,10 @@ def _sides(explainer, a, b, layer, reference, units, sim, truncate):
         raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
     if not isinstance(units, str) or units not in ("token", "word"):
         raise SimattrError(f"faithfulness needs token or word units, got {units!r}")
+    ref_a, ref_b = tuple(reference) if isinstance(reference, (tuple, list)) else (reference, reference)
     enc_a, enc_b = explainer.encoder_a, explainer.encoder_b
-    sa = prepare_side(enc_a, a, layer, reference, units, sim == "cosine", truncate)
-    sb = prepare_side(enc_b, b, layer, reference, units, sim == "cosine", truncate)
+    sa = prepare_side(enc_a, a, layer, ref_a, units, sim == "cosine", truncate)
+    sb = prepare_side(enc_b, b, layer, ref_b, units, sim == "cosine", truncate)
     return sa, sb
 
 
@@ -107,8 +115,10 @@ def _occlusion(sa, sb) -> Occlusion:
     s = ea @ eb.T  # s[i, j]: i = 0 is a, i = u + 1 is a∖u (likewise j)
     full = s[0, 0]
     inter = full - s[1:, :1] - s[:1, 1:] + s[1:, 1:]
-    return Occlusion(float(full), inter.cpu().numpy(), (full - s[1:, 0]).cpu().numpy(),
-                     (full - s[0, 1:]).cpu().numpy(), sa.units.labels, sb.units.labels)
+    delta_a = (ea[:1] - ea[1:]) @ (sb.fx.double() - sb.fr.double())
+    delta_b = (eb[:1] - eb[1:]) @ (sa.fx.double() - sa.fr.double())
+    return Occlusion(float(full), inter.cpu().numpy(), delta_a.cpu().numpy(), delta_b.cpu().numpy(),
+                     sa.units.labels, sb.units.labels)
 
 
 def occlusion(explainer, a: str, b: str, layer: int = 0, reference=None, units: str = "token", sim: str = "cosine",
@@ -123,20 +133,20 @@ def deletion_order(relevance: np.ndarray, order: str, rng: Optional[np.random.Ge
     """Unit indices in the order a deletion curve removes them."""
     if order == "most":
         return np.argsort(-relevance, kind="stable")
-    if order == "least":
-        return np.argsort(relevance, kind="stable")
+    if order == "least":  # the mirror image of "most", ties included
+        return np.argsort(-relevance, kind="stable")[::-1].copy()
     if order == "random":
         return (rng or np.random.default_rng(0)).permutation(len(relevance))
     raise SimattrError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
 
 
-def _curve(side, other_emb: torch.Tensor, idx: np.ndarray) -> np.ndarray:
-    """s(side with its units idx[:k] removed, other) for k = 0..U."""
+def _curve(side, other_delta: torch.Tensor, idx: np.ndarray) -> np.ndarray:
+    """f(side with its units idx[:k] removed)·(f(other) − f(r_other)) for k = 0..U."""
     M = side.units.matrix
     steps = torch.zeros(len(idx) + 1, M.shape[1], dtype=M.dtype, device=M.device)
     for k, u in enumerate(idx, start=1):
         steps[k] = torch.clamp(steps[k - 1] + M[int(u)], max=1)
-    return (_embed(side, steps) @ other_emb).cpu().numpy()
+    return (_embed(side, steps) @ other_delta).cpu().numpy()
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float:
@@ -158,24 +168,60 @@ def _rank(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, seed: int = 0, layer: int = 0,
-                 reference=None, units=None, sim: str = "cosine", truncate: bool = False) -> Faithfulness:
+def _from_settings(explanation, layer, reference, sim):
+    """(layer, reference, sim): the arguments given, else what the explanation was made with (IJ: all three; BiLRP:
+    layer and sim; set-based methods: their layer is an output layer, so the embeddings), else the defaults."""
+    st = explanation.settings or {}
+    method = explanation.method
+    if layer is None:
+        layer = st.get("layer", 0) if method in ("ij", "bilrp") else 0
+    if sim is None:
+        sim = st.get("sim", "cosine") if method in ("ij", "bilrp") else "cosine"
+    if reference is None and method == "ij":
+        reference = _reference_of(st.get("reference", "pad"))
+    return int(layer), reference, sim
+
+
+def _reference_of(described):
+    """The reference option back from its description in IJ's settings ("pad", "zero", {"text": ...}, per side)."""
+    if isinstance(described, (list, tuple)):
+        return tuple(_reference_of(d) for d in described)
+    if described in (None, "pad", "zero"):
+        return described
+    if isinstance(described, dict) and "text" in described:
+        return described["text"]
+    raise SimattrError(f"the explanation used a reference that its settings cannot restore ({described!r}): pass "
+                       f"reference=... to faithfulness")
+
+
+def _describe_reference(reference):
+    from .methods.ij import _describe
+    return _describe(reference)
+
+
+def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, seed: int = 0,
+                 layer: Optional[int] = None, reference=None, units=None, sim: Optional[str] = None,
+                 truncate: bool = False) -> Faithfulness:
     """Compare `explanation` (any method) for (a, b) with the model's occlusion answers (module docstring).
 
-    explainer: the `simattr.Explainer` whose model is evaluated. units: the explanation's units ("token" or "word";
-    default: read from explanation.settings); reference: what a removed unit becomes (default "pad"; "zero" or a text
-    as in `explain`); layer: where tokens are replaced (0: the embeddings); random_runs: shuffled deletion orders.
+    explainer: the `simattr.Explainer` whose model is evaluated. units ("token" or "word"), layer (where tokens are
+    replaced), reference (what a removed unit becomes: "pad", "zero", a text, or a per-side pair) and sim: default
+    to what the explanation was made with (see `_from_settings`); truncate: as in `explain`; random_runs: shuffled
+    deletion orders. The texts must be the ones explained: unit labels are checked.
     """
     units = units or explanation.settings.get("units", "token")
+    layer, reference, sim = _from_settings(explanation, layer, reference, sim)
     A = np.asarray(explanation.matrix, dtype=np.float64)
     with _prepared(explainer):
         sa, sb = _sides(explainer, a, b, layer, reference, units, sim, truncate)
-        if A.shape != (len(sa.units), len(sb.units)):
-            raise SimattrError(f"the explanation's matrix is {A.shape[0]} x {A.shape[1]} but these texts have "
-                               f"{len(sa.units)} x {len(sb.units)} {units} units: pass the texts, units and "
-                               f"explainer it was made with")
+        if A.shape != (len(sa.units), len(sb.units)) or list(explanation.tokens_a) != list(sa.units.labels) \
+                or list(explanation.tokens_b) != list(sb.units.labels):
+            raise SimattrError(f"the explanation ({A.shape[0]} x {A.shape[1]} units) is not of these texts "
+                               f"({len(sa.units)} x {len(sb.units)} {units} units, or other labels): pass the texts, "
+                               f"units and explainer it was made with")
         occ = _occlusion(sa, sb)
-        emb_a, emb_b = _embed(sa, torch.zeros_like(sa.units.matrix[:1]))[0], _embed(sb, torch.zeros_like(sb.units.matrix[:1]))[0]
+        delta_a = sa.fx.double() - sa.fr.double()  # what a's units interact with: f(a) − f(r_a)
+        delta_b = sb.fx.double() - sb.fr.double()
         rng = np.random.default_rng(seed)
         rel = {"a": A.sum(1), "b": A.sum(0)}
         curves, auc, rand_areas = {}, {}, []
@@ -183,20 +229,21 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
             runs = random_runs if order == "random" else 1
             per_run = []
             for _ in range(runs):
-                ca = _curve(sa, emb_b, deletion_order(rel["a"], order, rng))
-                cb = _curve(sb, emb_a, deletion_order(rel["b"], order, rng))
+                ca = _curve(sa, delta_b, deletion_order(rel["a"], order, rng))
+                cb = _curve(sb, delta_a, deletion_order(rel["b"], order, rng))
                 per_run.append((ca, cb))
             curves[order] = [np.mean([r[0] for r in per_run], 0).tolist(), np.mean([r[1] for r in per_run], 0).tolist()]
             areas = [0.5 * (r[0].mean() + r[1].mean()) for r in per_run]
             auc[order] = float(np.mean(areas))
             if order == "random":
                 rand_areas = areas
+    rows = [c for c in (_corr(rel["a"], occ.delta_a), _corr(rel["b"], occ.delta_b)) if c == c]
     return Faithfulness(
         pearson=_corr(A, occ.interaction), spearman=_corr(_rank(A), _rank(occ.interaction)),
-        pearson_rows=float(np.nanmean([_corr(rel["a"], occ.delta_a), _corr(rel["b"], occ.delta_b)])),
+        pearson_rows=float(np.mean(rows)) if rows else float("nan"),
         curves=curves, auc=auc, random_std=float(np.std(rand_areas)) if len(rand_areas) > 1 else None,
         occlusion=occ, settings={"method": explanation.method, "layer": layer, "units": units,
-                                 "reference": reference or "pad", "sim": sim, "random_runs": random_runs,
+                                 "reference": _describe_reference(reference), "sim": sim, "random_runs": random_runs,
                                  "seed": seed})
 
 

@@ -282,7 +282,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
     if not pairs:
         return
     t_setup = time.perf_counter()
-    with job.context(), zero_tensors.fast_kernels():
+    with job.context(), zero_tensors.fast_kernels() as zt:
         keys, ids, towers = {}, [], []  # (tower key, text) -> item id; pair -> (id_a, id_b); id -> (tower, text)
         for i, j in pairs:
             pair_ids = []
@@ -357,7 +357,8 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                                 time.perf_counter() - t0 + share + setup)
             if len(ids) > 1:
                 e.extras["job"] = dict(pair_plan.as_dict(), pairs=len(ids), texts=len(items), how=how)
-            yield e
+            with zero_tensors.paused(zt):  # the caller's code between pairs runs with PyTorch's own kernels
+                yield e
             for t in (i, j):  # a text's tensors are dropped after its last pair
                 remaining[t] -= 1
                 if remaining[t] == 0:

@@ -5,8 +5,10 @@ In `torch.func.jvp` an operand without a tangent (a weight, a bias, a mask, a Py
 the op on meta tensors — whose kernels for these ops are Python functions. That costs ~0.2 ms of interpreter time per
 op whatever the tensor size (measured: `x * 2.0` under jvp 0.9 ms instead of 0.35 ms), ~15 ops per transformer layer:
 a fixed cost per forward-mode pass that dominates short texts, above all on a GPU. `csrc/cpu/zero_tensor.cpp`
-registers C++ kernels with the same results (shape by broadcasting, dtype by type promotion) while a job runs, and
-PyTorch's own kernels are back when it ends (`fast_kernels()`, nestable). Without the compiled extension, or with
+registers C++ kernels with the same results (shape by broadcasting, dtype by type promotion) while a job computes,
+and PyTorch's own kernels are back when it ends (`fast_kernels()`, nestable) — and while a stream of explanations
+(`iter_many`) waits at a yield (`paused`). The registration is process-wide while it lasts: other threads then get
+the same results through the fast kernels. Without the compiled extension, or with
 SIMATTR_ZERO_TENSOR_KERNELS=0 (or `ENABLED = False`), nothing changes: PyTorch's kernels run, same results.
 """
 from __future__ import annotations
@@ -42,6 +44,20 @@ def fast_kernels(enabled=None):
         torch.ops.simattr.zero_tensor_kernels(False)
 
 
+@contextlib.contextmanager
+def paused(active: bool):
+    """Inside `fast_kernels()` (active: what it yielded): PyTorch's kernels for the block, e.g. while a generator is
+    suspended at a yield and the caller's code runs; the fast ones again after it."""
+    if not active:
+        yield
+        return
+    torch.ops.simattr.zero_tensor_kernels(False)
+    try:
+        yield
+    finally:
+        torch.ops.simattr.zero_tensor_kernels(True)
+
+
 def info() -> dict:
     """For `simattr info`: whether jobs run with the fast kernels, and why not."""
     if not available():
@@ -54,4 +70,4 @@ def info() -> dict:
             "reason": "simattr._C: C++ ZeroTensor kernels of add/sub/mul during attribution jobs"}
 
 
-__all__ = ["fast_kernels", "available", "info", "ENABLED"]
+__all__ = ["fast_kernels", "paused", "available", "info", "ENABLED"]

@@ -24,9 +24,28 @@ def test_linear_model_ij_equals_occlusion_interactions(tokenizer):
     e = ex.explain(A_TEXT, B_TEXT, steps=2, sim="dot")
     occ = evaluate.occlusion(ex, A_TEXT, B_TEXT, sim="dot")
     np.testing.assert_allclose(occ.interaction, e.matrix, atol=1e-9)
-    f = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, sim="dot", random_runs=3)
+    f = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, random_runs=3)  # sim="dot" read from the explanation
+    assert f.settings["sim"] == "dot" and f.settings["reference"] == "pad"
     assert f.pearson == pytest.approx(1.0) and f.spearman == pytest.approx(1.0)
-    assert np.isfinite(f.pearson_rows)
+    # first order: row sums = G_a[:, u]·(f(b) − f(r_b)) = the occlusion interaction of u with all of b, exactly
+    np.testing.assert_allclose(f.occlusion.delta_a, e.matrix.sum(1), atol=1e-9)
+    np.testing.assert_allclose(f.occlusion.delta_b, e.matrix.sum(0), atol=1e-9)
+    assert f.pearson_rows == pytest.approx(1.0)
+    # additive model: removing the most relevant units first lowers the interaction fastest
+    assert f.auc["most"] < f.auc["random"] < f.auc["least"]
+
+
+def test_settings_follow_the_explanation(tokenizer):
+    """reference / layer / sim default to the explanation's; an explicit argument overrides."""
+    ex = simattr.Explainer(linear_encoder(tokenizer))
+    e = ex.explain(A_TEXT, B_TEXT, steps=2, sim="dot", reference="zero")
+    f = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, random_runs=2)
+    assert f.settings["reference"] == "zero" and f.pearson == pytest.approx(1.0)
+    other = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, random_runs=2, reference="pad")
+    assert other.settings["reference"] == "pad" and other.pearson < 0.99  # not what was explained
+    e2 = ex.explain(A_TEXT, B_TEXT, steps=2, sim="dot", reference=("zero", "pad"))
+    f2 = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e2, random_runs=2)
+    assert f2.settings["reference"] == ["zero", "pad"] and f2.pearson == pytest.approx(1.0)
 
 
 def test_occlusion_matches_explicit_removal(tokenizer, family_encoder):
@@ -58,13 +77,18 @@ def test_deletion_curves_and_orders(family_encoder):
     ex = simattr.Explainer(family_encoder("bert"))
     e = ex.explain(A_TEXT, B_TEXT, steps=4)
     f = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, random_runs=4, seed=1)
+    from simattr.methods.ij import prepare_side
+    with ex.encoder_a.prepared():
+        sa, sb = (prepare_side(ex.encoder_a, t, 0, None, "token", True, False) for t in (A_TEXT, B_TEXT))
+    da, db = (s_.fx.double() - s_.fr.double() for s_ in (sa, sb))
     Ua, Ub = e.matrix.shape
     for order in evaluate.ORDERS:
         ca, cb = f.curves[order]
         assert len(ca) == Ua + 1 and len(cb) == Ub + 1
-        assert ca[0] == pytest.approx(f.occlusion.score, abs=1e-6) and cb[0] == pytest.approx(f.occlusion.score, abs=1e-6)
-    # every unit removed: the same end point whatever the order
-    assert f.curves["most"][0][-1] == pytest.approx(f.curves["least"][0][-1], abs=1e-6)
+        # start: f(a)·(f(b) − f(r_b)); every unit removed: f(r_a)·(f(b) − f(r_b)), whatever the order
+        assert ca[0] == pytest.approx(float(sa.fx.double() @ db), abs=1e-6)
+        assert ca[-1] == pytest.approx(float(sa.fr.double() @ db), abs=1e-6)
+        assert cb[0] == pytest.approx(float(sb.fx.double() @ da), abs=1e-6)
     assert f.random_std is not None and f.random_std >= 0
     assert set(f.auc) == set(evaluate.ORDERS)
     assert "faithfulness (ij)" in f.summary()
@@ -89,8 +113,14 @@ def test_spearman_ranks_with_ties():
 def test_errors(family_encoder):
     ex = simattr.Explainer(family_encoder("bert"))
     e = ex.explain(A_TEXT, B_TEXT, steps=2)
-    with pytest.raises(SimattrError, match="units"):
+    with pytest.raises(SimattrError, match="not of these texts"):
         evaluate.faithfulness(ex, A_TEXT + " again", B_TEXT, e)  # not the texts it was made with
+    with pytest.raises(SimattrError, match="not of these texts"):
+        evaluate.faithfulness(ex, "a dog sat on the mat", B_TEXT, e)  # same length, other tokens
+    e_t = ex.explain(A_TEXT, B_TEXT, steps=2, reference="zero")
+    e_t.settings["reference"] = "Tensor"  # a reference the settings cannot restore
+    with pytest.raises(SimattrError, match="reference"):
+        evaluate.faithfulness(ex, A_TEXT, B_TEXT, e_t)
     with pytest.raises(SimattrError, match="token or word"):
         evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, units="spans")
     with pytest.raises(SimattrError, match="sim"):

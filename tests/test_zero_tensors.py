@@ -35,6 +35,9 @@ def _cases():
     yield "int zt + float t", torch.add, ZT((3, 4), dtype=torch.int64), a.double()
     yield "zt(half)+t(float)", torch.add, ZT((3, 4), dtype=torch.float16), a
     yield "zt+t(bf16)", torch.add, ZT((3, 4)), a.bfloat16()
+    yield "0-dim zt * python number", lambda x, y: x * 2.0, ZT(()), None  # meta route: 2.0 promotes like a tensor
+    yield "0-dim zt int + python float", lambda x, y: x + 2.5, ZT((), dtype=torch.int64), None
+    yield "0-dim zt + 0-dim f64", torch.add, ZT(()), torch.tensor(1.0, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
@@ -50,10 +53,40 @@ def test_kernels_match_pytorch(case):
     assert torch.equal(got, ref)
 
 
-def test_broadcast_error_is_kept():
+ERRORS = [
+    ("broadcast", lambda: torch.mul(ZT((3, 4)), torch.randn(5))),
+    ("int + float alpha", lambda: torch.add(ZT((3,), dtype=torch.int64), torch.arange(3), alpha=2.5)),
+    ("float + complex alpha", lambda: torch.add(ZT((3,)), torch.randn(3), alpha=1j)),
+    ("int zt + zt, float alpha", lambda: torch.add(ZT((3,), dtype=torch.int64), ZT((3,), dtype=torch.int64), alpha=2.5)),
+]
+
+
+@pytest.mark.parametrize("name,fn", ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors_are_pytorchs(name, fn):
+    """What PyTorch's route rejects, the kernels reject too (they fall back to that route on anything unusual)."""
+    with pytest.raises(Exception) as off:
+        fn()
     with zero_tensors.fast_kernels(True):
-        with pytest.raises(RuntimeError):
-            torch.mul(ZT((3, 4)), torch.randn(5))
+        with pytest.raises(Exception) as on:
+            fn()
+    assert type(on.value) is type(off.value)
+
+
+def test_same_under_a_dispatch_mode():
+    """No dispatched helper inside the kernels: they run under a TorchDispatchMode (tracing, fake tensors)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    fn = lambda x: ZT(x.shape) * 2.0 + x
+    x = torch.randn(5, 8)
+    with Passthrough():
+        ref = fn(x)
+    with zero_tensors.fast_kernels(True), Passthrough():
+        got = fn(x)
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
 
 
 FUNCTIONS = {
@@ -138,4 +171,29 @@ def test_jobs_run_with_the_kernels_and_results_do_not_change(monkeypatch, family
         on = ex.explain(a, b, method=method, **kw)
         assert seen and all(seen)
         assert (abs(on.matrix - off.matrix)).max() == 0.0
+    assert not _ours_registered()
+
+
+def test_zero_dim_forward_mode_dtypes_unchanged():
+    """0-dim operands with Python numbers: the tangent's dtype is PyTorch's (float64 here), not a re-derived one."""
+    z, c, d = torch.tensor(1.5), torch.tensor(2.0), torch.tensor(3.0)
+    fns = [lambda v: torch.addcmul(v, c, d, value=0.5), lambda v: torch.add(v, c, alpha=2.0), lambda v: (c * 2.0) * v]
+    for fn in fns:
+        off = jvp(fn, (z,), (torch.tensor(1.0),))
+        with zero_tensors.fast_kernels(True):
+            on = jvp(fn, (z,), (torch.tensor(1.0),))
+        assert [t.dtype for t in on] == [t.dtype for t in off] and all(torch.equal(p, q) for p, q in zip(on, off))
+
+
+def test_iter_many_pauses_the_kernels_between_pairs(family_encoder):
+    """A stream of explanations: the caller's code between two pairs runs with PyTorch's kernels; an abandoned
+    stream leaves nothing registered."""
+    import simattr
+    ex = simattr.Explainer(family_encoder("bert"))
+    stream = ex.iter_many(["a cat", "a dog", "a bird"], ["the mat"], method="ij", steps=2)
+    next(stream)
+    assert not _ours_registered()  # suspended at the yield
+    next(stream)
+    assert not _ours_registered()
+    del stream
     assert not _ours_registered()
