@@ -158,8 +158,8 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
     backend: "auto" (the Triton kernel on CUDA when Triton imports, PyTorch math elsewhere), "triton" or "torch";
     None (default) keeps the one set by an enclosing `kernel_backend` (else "auto"). min_tokens: sequences shorter
     than this run eager math instead (not with constant_softmax); `AUTO_MIN_TOKENS` is what attention="auto" uses.
-    Models that do not dispatch
-    through the registry (MPNet) are left as they are (yielded unchanged). The previous implementation is restored on exit, also after an exception.
+    Models that do not dispatch through the registry (MPNet) are left as they are (yielded unchanged). The previous
+    implementation is restored on exit, also after an exception.
     """
     hf = getattr(model, "model", model) if not hasattr(model, "config") else model
     if backend not in (None, "auto", "triton", "torch"):

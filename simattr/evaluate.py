@@ -194,11 +194,6 @@ def _reference_of(described):
                        f"reference=... to faithfulness")
 
 
-def _describe_reference(reference):
-    from .methods.ij import _describe
-    return _describe(reference)
-
-
 def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, seed: int = 0,
                  layer: Optional[int] = None, reference=None, units=None, sim: Optional[str] = None,
                  truncate: bool = False) -> Faithfulness:
@@ -209,6 +204,7 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
     to what the explanation was made with (see `_from_settings`); truncate: as in `explain`; random_runs: shuffled
     deletion orders. The texts must be the ones explained: unit labels are checked.
     """
+    from .methods.ij import _describe
     units = units or explanation.settings.get("units", "token")
     layer, reference, sim = _from_settings(explanation, layer, reference, sim)
     A = np.asarray(explanation.matrix, dtype=np.float64)
@@ -243,7 +239,7 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
         pearson_rows=float(np.mean(rows)) if rows else float("nan"),
         curves=curves, auc=auc, random_std=float(np.std(rand_areas)) if len(rand_areas) > 1 else None,
         occlusion=occ, settings={"method": explanation.method, "layer": layer, "units": units,
-                                 "reference": _describe_reference(reference), "sim": sim, "random_runs": random_runs,
+                                 "reference": _describe(reference), "sim": sim, "random_runs": random_runs,
                                  "seed": seed})
 
 
