@@ -64,6 +64,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
                    help="a pair that cannot be explained (e.g. a text over the maximum length) is written as "
                         "{index, a, b, error} and the job goes on")
     m.add_argument("--progress", action="store_true", help="a line on stderr after each pair: done, s/pair, time left")
+    m.add_argument("--faithfulness", action="store_true",
+                   help="add each pair's check against the model by occlusion (simattr.evaluate) to its line")
     m.add_argument("--shard", default=None, metavar="K/N",
                    help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
     _add_options(m)
@@ -190,13 +192,9 @@ def _explain(args, argv=None) -> int:
     ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
     check = failed = None
-    if args.faithfulness:  # occlusion settings follow the explanation's (simattr.evaluate)
-        from .evaluate import faithfulness
+    if args.faithfulness:
         try:
-            check = faithfulness(ex, args.text_a, args.text_b, result, truncate=bool(args.truncate))
-            result.extras["faithfulness"] = {"pearson": check.pearson, "spearman": check.spearman,
-                                             "units_pearson": check.pearson_rows, "deletion_auc": check.auc,
-                                             "random_std": check.random_std, "settings": check.settings}
+            check = _faithfulness(ex, args.text_a, args.text_b, result, args)
         except SimattrError as exc:  # the explanation is still printed, then the error
             failed = exc
     if args.html:
@@ -212,6 +210,17 @@ def _explain(args, argv=None) -> int:
     if failed is not None:
         raise failed
     return 0
+
+
+def _faithfulness(ex, a, b, result, args):
+    """simattr.evaluate.faithfulness of `result` (occlusion settings follow the explanation's), also stored in
+    result.extras["faithfulness"] (so in its JSON)."""
+    from .evaluate import faithfulness
+    check = faithfulness(ex, a, b, result, truncate=bool(args.truncate))
+    result.extras["faithfulness"] = {"pearson": check.pearson, "spearman": check.spearman,
+                                     "units_pearson": check.pearson_rows, "deletion_auc": check.auc,
+                                     "random_std": check.random_std, "settings": check.settings}
+    return check
 
 
 def _lines(path):
@@ -325,7 +334,9 @@ def _explain_many(args, argv) -> int:
                 results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
                                        soft_options=soft, **explicit)
                 with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
-                    for (k, (i, j, _, _)), e in zip(block, results):
+                    for (k, (i, j, a, b)), e in zip(block, results):
+                        if args.faithfulness:
+                            _faithfulness(ex, a, b, e, args)
                         write(k, i, j, e.to_dict())
                         written += 1
             except SimattrError:
@@ -334,7 +345,10 @@ def _explain_many(args, argv) -> int:
                 # a text of this block cannot be explained: the rest of the block pair by pair, errors as lines
                 for k, (i, j, a, b) in block[written:]:
                     try:
-                        write(k, i, j, ex.explain(a, b, method=args.method, soft_options=soft, **explicit).to_dict())
+                        e = ex.explain(a, b, method=args.method, soft_options=soft, **explicit)
+                        if args.faithfulness:
+                            _faithfulness(ex, a, b, e, args)
+                        write(k, i, j, e.to_dict())
                     except SimattrError as exc:
                         write(k, i, j, {"error": str(exc)})
     finally:

@@ -148,3 +148,12 @@ def test_cli_faithfulness(capsys):
     assert set(f["deletion_auc"]) == {"most", "least", "random"}
     assert main(["explain", "a cat sat", "the dog ran", "--method", "maxsim", "--faithfulness"]) == 0
     assert "faithfulness (maxsim)" in capsys.readouterr().out
+
+
+def test_cli_explain_many_faithfulness(tmp_path, capsys):
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"a": "a cat sat", "b": "the dog ran"}\n{"a": "a red car", "b": "a blue bike"}\n')
+    assert main(["explain-many", str(pairs), "--method", "bilrp", "--faithfulness"]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all("faithfulness" in ln and "pearson" in ln["faithfulness"] for ln in lines)
+    assert all(ln["faithfulness"]["settings"]["method"] == "bilrp" for ln in lines)
