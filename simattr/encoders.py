@@ -289,6 +289,18 @@ class Encoder:
                 model.set_attn_implementation(attn)
 
 
+@contextlib.contextmanager
+def prepared(*encoders):
+    """`Encoder.prepared()` for each distinct encoder (one tower shared by both texts is prepared once)."""
+    with contextlib.ExitStack() as stack:
+        seen = []
+        for enc in encoders:
+            if not any(enc is e for e in seen):
+                seen.append(enc)
+                stack.enter_context(enc.prepared())
+        yield
+
+
 class _Stop(Exception):
     """Raised by a capture hook to end a forward pass once the wanted hidden states exist."""
 

@@ -26,13 +26,13 @@ first" curves of IJ, BiLRP, OT and MaxSim all lay above the random one). All occ
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from .encoders import prepared
 from .errors import SimattrError
 
 ORDERS = ("most", "least", "random")
@@ -101,13 +101,6 @@ def _sides(explainer, a, b, layer, reference, units, sim, truncate):
     return sa, sb
 
 
-@contextlib.contextmanager
-def _prepared(explainer):
-    enc_a, enc_b = explainer.encoder_a, explainer.encoder_b
-    with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else contextlib.nullcontext()):
-        yield
-
-
 def _occlusion(sa, sb) -> Occlusion:
     Ma, Mb = sa.units.matrix, sb.units.matrix  # [U, S] 0/1
     ea = _embed(sa, torch.cat([torch.zeros_like(Ma[:1]), Ma]))  # [1 + U_a, D]: a, then a∖u
@@ -124,7 +117,7 @@ def _occlusion(sa, sb) -> Occlusion:
 def occlusion(explainer, a: str, b: str, layer: int = 0, reference=None, units: str = "token", sim: str = "cosine",
               truncate: bool = False) -> Occlusion:
     """The model's pairwise answers by occlusion: I[u, v], Δ_a, Δ_b (see the module docstring)."""
-    with _prepared(explainer):
+    with prepared(explainer.encoder_a, explainer.encoder_b):
         sa, sb = _sides(explainer, a, b, layer, reference, units, sim, truncate)
         return _occlusion(sa, sb)
 
@@ -143,9 +136,8 @@ def deletion_order(relevance: np.ndarray, order: str, rng: Optional[np.random.Ge
 def _curve(side, other_delta: torch.Tensor, idx: np.ndarray) -> np.ndarray:
     """f(side with its units idx[:k] removed)·(f(other) − f(r_other)) for k = 0..U."""
     M = side.units.matrix
-    steps = torch.zeros(len(idx) + 1, M.shape[1], dtype=M.dtype, device=M.device)
-    for k, u in enumerate(idx, start=1):
-        steps[k] = torch.clamp(steps[k - 1] + M[int(u)], max=1)
+    removed = torch.cumsum(M[torch.as_tensor(idx, dtype=torch.long, device=M.device)], 0).clamp(max=1)
+    steps = torch.cat([torch.zeros_like(M[:1]), removed])  # row k: the units idx[:k] removed
     return (_embed(side, steps) @ other_delta).cpu().numpy()
 
 
@@ -208,7 +200,7 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
     units = units or explanation.settings.get("units", "token")
     layer, reference, sim = _from_settings(explanation, layer, reference, sim)
     A = np.asarray(explanation.matrix, dtype=np.float64)
-    with _prepared(explainer):
+    with prepared(explainer.encoder_a, explainer.encoder_b):
         sa, sb = _sides(explainer, a, b, layer, reference, units, sim, truncate)
         if A.shape != (len(sa.units), len(sb.units)) or list(explanation.tokens_a) != list(sa.units.labels) \
                 or list(explanation.tokens_b) != list(sb.units.labels):

@@ -16,7 +16,6 @@ biases are zero; with biases a share of the relevance is absorbed by them (`cons
 from __future__ import annotations
 
 import contextlib
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from .. import engine, jobs, rules
 from ..contraction import check_backend as check_contraction
-from ..encoders import CallableEncoder, Encoder, Tokens
+from ..encoders import CallableEncoder, Encoder, Tokens, prepared
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..units import Units, make_units
@@ -135,7 +134,7 @@ class BiLRPJob:
     @contextlib.contextmanager
     def context(self):
         enc_a, enc_b = self.encoders
-        with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()):
+        with prepared(enc_a, enc_b):
             yield
 
     def rules_applied(self):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import engine, jobs, paths
 from ..contraction import check_backend as check_contraction
-from ..encoders import Encoder, Tokens
+from ..encoders import Encoder, Tokens, prepared
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..references import reference as make_reference
@@ -122,7 +122,7 @@ class IJJob:
     @contextlib.contextmanager
     def context(self):
         enc_a, enc_b = self.encoders
-        with enc_a.prepared(), (enc_b.prepared() if enc_b is not enc_a else nullcontext()), \
+        with prepared(enc_a, enc_b), \
                 attention_context(enc_a, self.attention) as attn_a, \
                 (attention_context(enc_b, self.attention) if enc_b is not enc_a else nullcontext(attn_a)) as attn_b:
             self.attn = (attn_a, attn_b)
