@@ -60,9 +60,11 @@ class Explainer:
     model: None (bundled all-MiniLM-L6-v2), a path, a SentenceTransformer / HF model object, or an Encoder;
     model_b: optional second tower for text b (asymmetric query/document encoders);
     cache_size: how many texts' G (ij, bilrp) to keep across calls — a text explained again (a query against one
-    document after another) then costs no pass of its own; 0 (default) keeps none. The cache assumes the model does
-    not change: `clear_cache()` after changing it. Options that only change *how* G is computed (mode, attention,
-    contraction, memory) are not part of the key.
+    document after another) then costs no pass of its own; 0 (default) keeps none. Keys are values only (the model's
+    weights fingerprint, reference tensors' contents, spans; a callable reference or units is never cached), so
+    changed weights or tensors are never served stale; `clear_cache()` frees the memory and covers the changes a key
+    cannot see (see `jobs.GCache`). Options that only change *how* G is computed (mode, attention, contraction,
+    memory) are not part of the key.
     """
 
     def __init__(self, model=None, model_b=None, *, pooling=None, tokenizer=None, device=None, dtype=None,
@@ -78,7 +80,14 @@ class Explainer:
         self.cache = jobs.GCache(cache_size) if cache_size else None
 
     def clear_cache(self):
-        """Forget the kept G's (after changing the model's weights)."""
+        """Forget the kept G's: to free their memory, or after a change to the model the cache's keys cannot see.
+
+        Kept G's are keyed by values (`simattr.jobs.GCache`): a change to the weights made through PyTorch
+        (`load_state_dict`, an optimizer step, `p.add_()` under no_grad, a new `p.data`) or to a reference tensor is
+        noticed without this, and a reference or units given as a function is never cached. Call it after writes
+        into the weights that PyTorch does not track (`p.data.add_()`, `p.data.copy_()`, through
+        `p.detach().numpy()`), after changes that are not in the model's tensors (config values, a module's `eps`,
+        hooks), or inside a CallableEncoder's functions, a head that is a plain function, or the tokenizer."""
         if self.cache is not None:
             self.cache.clear()
 

@@ -86,10 +86,17 @@ def _add_options(e):
     e.add_argument("--layer", type=int, default=None,
                    help="ij/bilrp: attribute at the input of this block (default 0: embeddings); maxsim/bertscore/ot: "
                         "token embeddings after this many blocks (default: the last layer)")
-    e.add_argument("--steps", type=_steps, default=50, help="path steps, or 'auto'")
-    e.add_argument("--tol", type=float, default=1e-4, help="completeness tolerance for --steps auto")
-    e.add_argument("--quadrature", default="riemann_midpoint",
-                   choices=["riemann_midpoint", "riemann_trapezoid", "riemann_left", "riemann_right", "gauss_legendre"])
+    e.add_argument("--steps", type=_steps, default=None,
+                   help="ij: 'auto' (default: path nodes placed per text until the completeness error is under "
+                        "--tol) or a fixed number of steps")
+    e.add_argument("--tol", type=float, default=None, help="ij: completeness tolerance of --steps auto (default 1e-3)")
+    e.add_argument("--max-steps", type=int, default=None,
+                   help="ij: most path nodes per text under --steps auto (default 512); a pair that does not reach "
+                        "--tol within it is reported as not converged")
+    e.add_argument("--quadrature", default=None,
+                   choices=["auto", "adaptive_gauss", "riemann_midpoint", "riemann_trapezoid", "riemann_left",
+                            "riemann_right", "gauss_legendre"],
+                   help="ij: auto (default: adaptive_gauss with --steps auto, riemann_midpoint with a fixed count)")
     e.add_argument("--units", default="token", choices=["token", "word"])
     e.add_argument("--sim", default="cosine", choices=["cosine", "dot"])
     e.add_argument("--reference", default="pad", help="'pad' (default), 'zero', or a reference text")
@@ -129,7 +136,7 @@ def _add_options(e):
 
 
 #: command-line destination -> method option name (None: not a method option)
-_OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "quadrature": "quadrature", "units": "units",
+_OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "max_steps": "max_steps", "quadrature": "quadrature", "units": "units",
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",

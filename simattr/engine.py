@@ -269,20 +269,29 @@ def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights,
     return G
 
 
-def full_tangent_integral(f: Callable, start: Tensor, delta: Tensor, alphas, weights, shape: Shape,
-                          budget: int) -> Tensor:
-    """Σ_n w_n J(start + α_n delta) · delta — one JVP per node; equals f(x) − f(r) up to quadrature error."""
+def full_tangent_values(f: Callable, start: Tensor, delta: Tensor, alphas, shape: Shape, budget: int) -> Tensor:
+    """J(start + α_n delta) · delta for every node [n, D] — the integrand whose integral is f(x) − f(r); one JVP per
+    node, nodes batched to the budget (the adaptive rule's probe: `simattr.paths.AdaptiveRule`)."""
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
-    weights = torch.as_tensor(weights, dtype=torch.float64)
-    acc = torch.float64 if start.dtype == torch.float64 else torch.float32
     n_c = max(1, min(len(alphas), budget // shape.forward_element()))
-    total = torch.zeros(shape.out_dim, dtype=acc, device=start.device)
+    if start.device.type == "cpu":
+        n_c = min(n_c, max(1, CPU_FORWARD_TOKENS // shape.seq))
+    out = []
     with torch.no_grad():
         for n0 in range(0, len(alphas), n_c):
             a = alphas[n0:n0 + n_c].to(start.device, start.dtype)
             xs = start + a.view(-1, 1, 1) * delta
             with named("full_tangent"):
-                _, out = jvp(f, (xs,), (delta.expand_as(xs),))
-            total += torch.einsum("nd,n->d", out.to(acc), weights[n0:n0 + n_c].to(start.device, acc))
-    _check_finite(total, "the full-tangent integral")
-    return total
+                out.append(jvp(f, (xs,), (delta.expand_as(xs),))[1])
+    values = torch.cat(out)
+    _check_finite(values, "the full-tangent integrand")
+    return values
+
+
+def full_tangent_integral(f: Callable, start: Tensor, delta: Tensor, alphas, weights, shape: Shape,
+                          budget: int) -> Tensor:
+    """Σ_n w_n J(start + α_n delta) · delta — one JVP per node; equals f(x) − f(r) up to quadrature error."""
+    acc = torch.float64 if start.dtype == torch.float64 else torch.float32
+    values = full_tangent_values(f, start, delta, alphas, shape, budget).to(acc)
+    w = torch.as_tensor(weights, dtype=torch.float64).to(start.device, acc)
+    return torch.einsum("nd,n->d", values, w)

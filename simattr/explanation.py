@@ -79,7 +79,18 @@ class Explanation:
         if self.terms:
             lines.append("terms:  " + "  ".join(f"{k}={v:.6f}" for k, v in self.terms.items()))
         if self.error is not None:
-            lines.append(f"completeness error: {self.error:.3e}")
+            label = "conservation error" if self.method == "bilrp" else "completeness error"
+            rel = self.extras.get("relative_error")
+            line = f"{label}: {self.error:.3e}" + (f" ({100 * rel:.3g}% of the score)" if rel is not None else "")
+            if self.extras.get("steps_used"):
+                line += f"   steps: {self.settings.get('steps')} (nodes {' / '.join(map(str, self.extras['steps_used']))})"
+            if self.extras.get("converged") is not None:
+                line += "   converged" if self.extras["converged"] else "   NOT CONVERGED"
+            lines.append(line)
+        if self.extras.get("conservation") is not None:
+            lines.append(f"conservation: {self.extras['conservation']:.4f} (sum(A) / the decomposed similarity)")
+        for note in self.extras.get("warnings") or []:
+            lines.append(f"warning: {note}")
         m = self.matrix
         if m.shape[0] <= max_tokens and m.shape[1] <= max_tokens:
             w = max(6, min(10, max(len(t) for t in self.tokens_b) + 1))

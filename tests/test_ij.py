@@ -53,8 +53,13 @@ def test_completeness_at_defaults(explainer):
     t = e.terms
     target = t["s(a,b)"] - t["s(a,r_b)"] - t["s(r_a,b)"] + t["s(r_a,r_b)"]
     assert e.error == pytest.approx(abs(e.total - target))
-    assert e.error <= 1e-3
-    assert e.settings["steps"] == 50 and e.settings["quadrature"] == "riemann_midpoint"
+    assert e.error <= 1e-3 and e.extras["converged"] is True  # the default: steps="auto", tol=1e-3
+    assert e.settings["steps"] == "auto" and e.settings["quadrature"] == "adaptive_gauss"
+    assert e.settings["tol"] == 1e-3 and e.settings["max_steps"] == 512
+    assert e.extras["relative_error"] == pytest.approx(e.error / abs(e.score))
+    assert e.extras["steps_used"] == [n["nodes"] for n in e.extras["nodes_per_side"]]
+    assert all(7 <= n <= 512 and n % 7 == 0 for n in e.extras["steps_used"])  # whole Kronrod intervals
+    assert "warnings" not in e.extras
     assert e.matrix.shape == (len(e.tokens_a), len(e.tokens_b))
     assert e.tokens_a == explainer.encoder_a.tokenizer.convert_ids_to_tokens(
         explainer.encoder_a.tokenizer("A man is playing a guitar.")["input_ids"])
@@ -79,19 +84,52 @@ def test_error_falls_as_steps_grow(explainer):
 
 
 def test_quadrature_rules_all_converge(explainer):
-    for rule in paths.RULES:
+    for rule in paths.FIXED_RULES:
         e = explainer.explain(A, B, steps=24, quadrature=rule)
         assert e.error < 5e-3, rule
 
 
 def test_auto_steps_meets_tolerance(explainer):
-    e = explainer.explain(A, B, steps="auto", tol=1e-4)
+    e = explainer.explain(A, B, tol=1e-5)
+    assert e.error <= 1e-5 and e.extras["converged"]
+    for side, n in zip(e.extras["nodes_per_side"], e.extras["steps_used"]):
+        assert side["met"] and side["error_norm"] <= side["target"] and side["nodes"] == n
+    loose = explainer.explain(A, B, tol=1e-2)
+    assert sum(loose.extras["steps_used"]) < sum(e.extras["steps_used"])  # a looser tolerance, fewer nodes
+    assert loose.error <= 1e-2
+
+
+def test_auto_steps_over_a_uniform_rule_doubles_until_the_tolerance(explainer):
+    e = explainer.explain(A, B, steps="auto", quadrature="riemann_midpoint", tol=1e-4)
     assert e.error <= 1e-4
     hist = e.extras["steps_history"]
     assert hist[-1]["steps"] == e.settings["steps"]
     assert all(h["error"] > 1e-4 for h in hist[:-1])
     # the predicted error (full-tangent JVPs) is the actual error of the per-unit computation
     assert hist[-1]["error"] == pytest.approx(e.error, rel=1e-2, abs=1e-7)
+
+
+def test_a_tolerance_out_of_reach_is_reported_not_hidden(explainer):
+    with pytest.warns(UserWarning, match="above tol"):
+        e = explainer.explain(A, B, tol=1e-9, max_steps=14)
+    assert e.extras["converged"] is False and e.error > 1e-9
+    assert all(n <= 14 for n in e.extras["steps_used"])
+    assert not any(side["met"] for side in e.extras["nodes_per_side"])
+    assert "NOT CONVERGED" in e.format() and "warning: IJ completeness error" in e.format()
+    assert "above tol" in e.extras["warnings"][0]
+
+
+def test_few_fixed_steps_warn_when_the_error_is_large(explainer):
+    with pytest.warns(UserWarning, match="of the score"):
+        e = explainer.explain(A, B, steps=1)
+    assert e.extras["relative_error"] > 0.01 and e.extras.get("converged") is None
+
+
+@pytest.mark.parametrize("bad", [{"tol": 0}, {"tol": -1.0}, {"tol": float("nan")}, {"tol": "abc"},
+                                 {"max_steps": 0}, {"max_steps": 2.5}, {"steps": 8, "quadrature": "adaptive_gauss"}])
+def test_bad_adaptive_options_are_errors(explainer, bad):
+    with pytest.raises(simattr.SimattrError):
+        explainer.explain(A, B, **bad)
 
 
 def test_exact_variant_sums_to_centred_dot(explainer):

@@ -167,7 +167,19 @@ def test_aligned_lists_and_both_towers(explainer, tokenizer):
 
 
 def test_steps_auto_holds_every_pair(explainer):
-    many = explainer.explain_many(Q, DOCS[:2], method="ij", steps="auto", tol=1e-3)
+    many = explainer.explain_many(Q, DOCS[:2], method="ij", tol=1e-3)
+    for e in many:
+        assert e.error <= 1e-3 and e.extras["converged"]
+    # cosine: a text's nodes depend on the text alone, so a job gives what single explanations give
+    for e, d in zip(many, DOCS[:2]):
+        single = explainer.explain(Q, d, tol=1e-3)
+        assert single.extras["steps_used"] == e.extras["steps_used"]
+        np.testing.assert_allclose(e.matrix, single.matrix, atol=1e-6)
+    assert many[0].extras["steps_used"][0] == many[1].extras["steps_used"][0]  # the query's nodes, once
+
+
+def test_steps_auto_over_a_uniform_rule_holds_every_pair(explainer):
+    many = explainer.explain_many(Q, DOCS[:2], method="ij", steps="auto", quadrature="riemann_midpoint", tol=1e-3)
     steps = {e.settings["steps"] for e in many}
     assert len(steps) == 1  # one step count for the job, so the G's can be shared
     history = many[0].extras["steps_history"]
@@ -175,7 +187,8 @@ def test_steps_auto_holds_every_pair(explainer):
     for e in many:
         assert e.error <= 1e-3 or history[-1]["steps"] == 256
     # the job's count is the largest any single pair needs
-    single = max(explainer.explain(Q, d, steps="auto", tol=1e-3).settings["steps"] for d in DOCS[:2])
+    single = max(explainer.explain(Q, d, steps="auto", quadrature="riemann_midpoint", tol=1e-3).settings["steps"]
+                 for d in DOCS[:2])
     assert many[0].settings["steps"] == single
 
 

@@ -145,9 +145,10 @@ class BiLRPJob:
         return 0 if same else tower
 
     def cache_key(self, tower: int):
+        """By value (`jobs.GCache`): the model's weights fingerprint; NO_CACHE (not kept) for callable units."""
         enc = self.encoders[tower]
-        return ("bilrp", id(enc), str(enc.dtype), str(enc.device), self.layer, self.sim, self.rule,
-                jobs.option_key(self.units[tower]), self.truncate)
+        return jobs.cache_key("bilrp", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
+                              self.sim, self.rule, jobs.option_key(self.units[tower]), self.truncate)
 
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]

@@ -6,6 +6,7 @@ G_side[k, u] = ∫₀¹ ⟨∂f_k(r + α(x − r))/∂x, (x − r)|_u⟩ dα,   
 from __future__ import annotations
 
 import contextlib
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -36,6 +37,7 @@ class Side:
     fx: Tensor
     fr: Tensor
     shape: Optional[engine.Shape] = None  # the memory model's view of this input (set by the job)
+    key: tuple = ()  # (tower key, text): the job's name of this text (its path nodes are kept under it)
 
     @property
     def delta(self) -> Tensor:
@@ -93,16 +95,69 @@ def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedul
     return history[-1]["steps"], history
 
 
+#: default completeness tolerance of steps="auto" (absolute, on the similarity's scale: a cosine)
+DEFAULT_TOL = 1e-3
+#: default most path nodes per text under steps="auto" (the pass budget: nodes x active units JVPs)
+DEFAULT_MAX_STEPS = 512
+#: Gauss points per interval of the adaptive rule (each interval holds the 2·3 + 1 = 7 Kronrod nodes; measured
+#: on MiniLM and MPNet against 2 and 4: benchmarks/bench_ij_convergence.py)
+ADAPTIVE_ORDER = 3
+#: refinements without halving the error after which an unmet rule counts as stalled (precision, not nodes)
+STALL_REFINEMENTS = 8
+#: a warning is given when the completeness error exceeds this share of |s(a, b)| (and, under steps="auto", tol)
+WARN_RELATIVE_ERROR = 0.01
+
+
+def text_tolerance(tol: float, sim: str, partner_norms) -> float:
+    """The error norm ‖Σ_u G[:, u] − Δf‖ one text may keep so that every pair it is in meets `tol`:
+    |ΣA − target| = |e_a·Δ_b + Δ_a·e_b + e_a·e_b| ≤ ‖e_a‖ ‖Δ_b + e_b‖ + ‖Δ_a‖ ‖e_b‖, so ‖e‖ ≤ tol / (2 B) with B a
+    bound of the partners' ‖Δf‖: 2 for cosine (unit vectors: any partner, so a text's nodes depend on the text
+    alone), the largest partner's ‖Δf‖ in the job for dot."""
+    bound = 2.0 if sim == "cosine" else max(float(n) for n in partner_norms)
+    return tol / (2.0 * max(bound, 1e-12) * 1.01)
+
+
+def adaptive_rule(side: "Side", target: float, max_nodes: int, budget: int, order: int = None):
+    """The composite Gauss rule of `side`'s path refined until its full-tangent error norm is ≤ target or no
+    refinement fits in max_nodes: (alphas, weights, info)."""
+    order = order or ADAPTIVE_ORDER
+    probe = lambda al: engine.full_tangent_values(side.f, side.r, side.delta, al, side.shape, budget)
+    rule = paths.AdaptiveRule(probe, order=order, exact=(side.fx - side.fr).double().cpu().numpy())
+    errors = [float(np.linalg.norm(rule.error()))]
+    while errors[-1] > target and rule.refine(max_nodes=max_nodes):
+        errors.append(float(np.linalg.norm(rule.error())))
+    al, w = rule.nodes()
+    err = errors[-1]
+    # stalled: the last STALL_REFINEMENTS refinements did not halve the error — the integrand is not resolved by
+    # more nodes at this precision (seen on all-mpnet-base-v2 at layer 0 in float32; float64 converges)
+    stalled = err > target and len(errors) > STALL_REFINEMENTS and \
+        err > 0.5 * min(errors[:-STALL_REFINEMENTS])
+    info = {"nodes": int(len(al)), "intervals": len(rule.intervals), "probe_evaluations": rule.evaluations,
+            "error_norm": err, "target": target, "met": err <= target, "stalled": bool(stalled)}
+    return al, w, info
+
+
 class IJJob:
     """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `jobs.run`."""
 
-    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, steps=50,
-                 quadrature: str = "riemann_midpoint", reference=None, units="token", sim: str = "cosine",
+    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, steps="auto",
+                 quadrature: str = "auto", reference=None, units="token", sim: str = "cosine",
                  exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
-                 tol: float = 1e-4, truncate: bool = False, attention: str = "auto", contraction: str = "auto"):
+                 tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS, truncate: bool = False,
+                 attention: str = "auto", contraction: str = "auto"):
         if sim not in ("cosine", "dot"):
             raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
+        if quadrature == "auto":  # adaptive Gauss nodes per text for steps="auto", uniform midpoints for steps=N
+            quadrature = paths.ADAPTIVE if steps == "auto" else "riemann_midpoint"
         self.rule = paths.canonical(quadrature)
+        if self.rule == paths.ADAPTIVE and steps != "auto":
+            raise SimattrError(f"quadrature {paths.ADAPTIVE!r} places its own nodes: it needs steps='auto', got "
+                               f"steps={steps!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < float(tol) < float("inf"):
+            raise SimattrError(f"tol must be a positive number, got {tol!r}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+            raise SimattrError(f"max_steps must be a positive integer, got {max_steps!r}")
+        self.max_steps = int(max_steps)
         check_contraction(contraction)
         if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
                                     and steps >= 1)):
@@ -113,7 +168,8 @@ class IJJob:
         self.refs = tuple(reference) if isinstance(reference, (tuple, list)) else (reference, reference)
         self.units = units if isinstance(units, tuple) else (units, units)
         self.reference, self.units_option = reference, units
-        self.layer, self.steps, self.sim, self.exact, self.mode, self.tol = layer, steps, sim, exact, mode, tol
+        self.layer, self.steps, self.sim, self.exact, self.mode, self.tol = layer, steps, sim, exact, mode, float(tol)
+        self.node_sets = {}  # text key -> (alphas, weights, info) under the adaptive rule
         self.budget = engine.parse_memory(max_memory)
         self.batch_size, self.truncate, self.attention, self.contraction = \
             internal_batch_size, truncate, attention, contraction
@@ -134,9 +190,13 @@ class IJJob:
         return 0 if same else tower
 
     def cache_key(self, tower: int):
+        """By value (`jobs.GCache`): the model's weights fingerprint, a reference tensor's contents; NO_CACHE (not
+        kept) when the tower's reference or units is a callable."""
         enc = self.encoders[tower]
-        return ("ij", id(enc), str(enc.dtype), str(enc.device), self.layer, self.n_steps, self.rule, self.sim,
-                jobs.option_key(self.refs[tower]), jobs.option_key(self.units[tower]), self.truncate)
+        steps = ("auto", self.tol, self.max_steps, ADAPTIVE_ORDER) if self.rule == paths.ADAPTIVE else self.n_steps
+        return jobs.cache_key("ij", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
+                              steps, self.rule, self.sim, jobs.option_key(self.refs[tower]),
+                              jobs.option_key(self.units[tower]), self.truncate)
 
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
@@ -145,6 +205,7 @@ class IJJob:
         D = jobs.embedding_size(self, s.fx)
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
         s.shape.fused_attention = self.attention_of(tower, s) == "fused"
+        s.key = (self.tower_key(tower), text)
         return s
 
     def attention_of(self, tower: int, side: Side) -> str:
@@ -158,17 +219,38 @@ class IJJob:
     def begin(self, sides, pair_ids: list):
         device = sides[pair_ids[0][0]].x.device
         self.budget = self.budget or engine.default_budget(device)
+        if self.rule == paths.ADAPTIVE:
+            self.n_steps = None
+            norms = {t: float((sides[t].fx - sides[t].fr).double().norm()) for pair in pair_ids for t in pair}
+            partners = {}
+            for i, j in pair_ids:
+                partners.setdefault(i, []).append(norms[j])
+                partners.setdefault(j, []).append(norms[i])
+            for t, other in partners.items():
+                s = sides[t]
+                if s.key not in self.node_sets:
+                    target = text_tolerance(self.tol, self.sim, other)
+                    self.node_sets[s.key] = adaptive_rule(s, target, self.max_steps, self.budget)
+            return
         steps = self.steps
         if steps == "auto":
             steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget)
         self.n_steps = int(steps)
         self.alphas, self.weights = paths.nodes(self.rule, self.n_steps)
 
+    def nodes_of(self, side: Side):
+        """(alphas, weights) of `side`'s path: its adaptive nodes, or the job's fixed rule."""
+        if self.rule == paths.ADAPTIVE:
+            al, w, _ = self.node_sets[side.key]
+            return al, w
+        return self.alphas, self.weights
+
     def attribution(self, side: Side):
-        p = engine.plan(len(side.units), len(self.alphas), side.shape,
+        alphas, weights = self.nodes_of(side)
+        p = engine.plan(len(side.units), len(alphas), side.shape,
                         mode=self.mode if self.mode in engine.MODES else "auto", budget=self.budget,
                         batch_size=self.batch_size, device=side.x.device, contraction=self.contraction)
-        G = engine.path_attribution(side.f, side.r, side.delta, self.alphas, self.weights, side.units.matrix,
+        G = engine.path_attribution(side.f, side.r, side.delta, alphas, weights, side.units.matrix,
                                     self.out_dim, p)
         return G, p.as_dict()
 
@@ -177,10 +259,11 @@ class IJJob:
         M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u], split back per G."""
         D = self.out_dim
         cot = torch.cat([G.T for G in Gs])
-        p = engine.plan(D + 1, len(self.alphas), other.shape, mode="reverse", budget=self.budget,
+        alphas, weights = self.nodes_of(other)
+        p = engine.plan(D + 1, len(alphas), other.shape, mode="reverse", budget=self.budget,
                         batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
         p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
-        M = engine.path_attribution(other.f, other.r, other.delta, self.alphas, self.weights, other.units.matrix,
+        M = engine.path_attribution(other.f, other.r, other.delta, alphas, weights, other.units.matrix,
                                     D, p, cotangents=cot)
         return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
 
@@ -191,18 +274,41 @@ class IJJob:
         completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
                         for G, s in ((G_a, a), (G_b, b))]
         enc_a, enc_b = self.encoders
-        settings = {"layer": self.layer, "steps": self.n_steps, "quadrature": self.rule, "sim": self.sim,
+        error = abs(total - target)
+        relative = error / max(abs(score), 1e-12)
+        adaptive = self.rule == paths.ADAPTIVE
+        steps_used = [len(self.nodes_of(s)[0]) for s in (a, b)]
+        auto = self.steps == "auto"
+        converged = error <= self.tol if auto else None
+        notes = []
+        if auto and not converged:
+            stalled = adaptive and any(self.node_sets[s.key][2]["stalled"] for s in (a, b))
+            hint = ("its error stopped falling as nodes were added: the path passes a near-singular point of the "
+                    f"model that {str(a.x.dtype).replace('torch.', '')} cannot resolve — use dtype float64 "
+                    "(--dtype float64) with a larger max_steps, or a later layer") if stalled else \
+                "raise max_steps, or attribute at a later layer"
+            notes.append(f"IJ completeness error {error:.2e} is above tol={self.tol:g} within max_steps="
+                         f"{self.max_steps} (nodes used {steps_used[0]} and {steps_used[1]}): {hint}")
+        elif relative > WARN_RELATIVE_ERROR:
+            notes.append(f"IJ completeness error {error:.2e} is {100 * relative:.1f}% of the score (above "
+                         f"{100 * WARN_RELATIVE_ERROR:g}%): use steps='auto' or more steps")
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        settings = {"layer": self.layer, "steps": "auto" if adaptive else self.n_steps, "quadrature": self.rule,
+                    "sim": self.sim, "max_steps": self.max_steps if auto else None,
                     "exact": self.exact, "reference": _describe(self.reference),
                     "units": self.units_option if isinstance(self.units_option, str) else "spans",
-                    "mode": [p["mode"] for p in plans], "tol": self.tol if self.history else None,
+                    "mode": [p["mode"] for p in plans], "tol": self.tol if auto else None,
                     "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
                     "dtype": str(a.x.dtype).replace("torch.", ""), "device": str(a.x.device),
                     "attention": [self.attention_of(0, a), self.attention_of(1, b)]}
-        extras = {"completeness_per_side": completeness, "plans": plans, "steps_history": self.history,
-                  "seconds": seconds}
+        extras = {"relative_error": relative, "steps_used": steps_used, "converged": converged,
+                  "warnings": notes or None, "completeness_per_side": completeness,
+                  "nodes_per_side": [self.node_sets[s.key][2] for s in (a, b)] if adaptive else None,
+                  "plans": plans, "steps_history": self.history, "seconds": seconds}
         extras = {k: v for k, v in extras.items() if v is not None}
         return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
-                           score=score, terms=terms, error=abs(total - target), settings=settings, extras=extras)
+                           score=score, terms=terms, error=error, settings=settings, extras=extras)
 
 
 def explain_ij(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:
