@@ -149,7 +149,9 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64).ravel()
+    x = np.asarray(x, np.float64).ravel().copy()
+    # values at rounding level of the largest are zeros (an exact 0 of one side and 1e-17 of the other must tie)
+    x[np.abs(x) <= 1e-12 * (np.abs(x).max() if x.size else 0.0)] = 0.0
     order = np.argsort(x, kind="stable")
     ranks = np.empty_like(x)
     ranks[order] = np.arange(x.size, dtype=np.float64)
