@@ -1,8 +1,10 @@
 """BiLRP on the engine vs the authors' per-dimension loop, side by side on MiniLM (all-MiniLM-L6-v2).
 
-    PYTHONPATH=. python benchmarks/bench_bilrp.py [--threads 2] [--cases short,medium,long] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_bilrp.py [--threads 2] [--cases short,medium,long] [--bias absorb] [--json out.json]
 
-Engine: `simattr.explain(a, b, method="bilrp", sim="dot")` (mode auto: one JVP per token when S <= D).
+Engine: `simattr.explain(a, b, method="bilrp", sim="dot", bias=...)` (mode auto: one JVP per token when S <= D).
+--bias: the bias setting of both sides (`simattr.rules.BIASES`; default "absorb", the authors' rule set — BiLRP's
+own default is "epsilon-ln", see benchmarks/bench_bilrp_rules.py).
 Reference (Eberle et al.'s approach): one full forward and one modified backward per embedding dimension and
 side, with the same rules (`simattr.rules.applied`), R_k = grad_k x input summed over hidden, A = Σ_k R_k(a) R_k(b)ᵀ.
 
@@ -64,14 +66,14 @@ def rss_mb() -> float:
     return r / 1024 if sys.platform != "darwin" else r / 2**20  # Linux: KiB
 
 
-def per_dimension_loop(enc, text, rule="cp", sim="dot", dims=None):
+def per_dimension_loop(enc, text, rule="cp", sim="dot", dims=None, bias="absorb"):
     """The authors' way: for each embedding dimension k, a full forward and a modified backward."""
     import torch
 
     from simattr import rules
     from simattr.methods.bilrp import modified_function
 
-    with enc.prepared(), rules.applied([enc.model, enc.head], rule):
+    with enc.prepared(), rules.applied([enc.model, enc.head], rule, bias=bias):
         tokens = enc.tokenize(text)
         x = enc.hidden(tokens, 0)
         f = modified_function(enc, tokens, 0, sim)
@@ -89,7 +91,7 @@ def _matrix_path(case: str) -> str:
     return os.path.join(os.environ.get("BILRP_BENCH_DIR", "."), f"engine_{case}.npy")
 
 
-def worker(case: str, method: str, threads: int, ref_dims: int) -> dict:
+def worker(case: str, method: str, threads: int, ref_dims: int, bias: str = "absorb") -> dict:
     import numpy as np
     import torch
 
@@ -101,12 +103,12 @@ def worker(case: str, method: str, threads: int, ref_dims: int) -> dict:
     enc = ex.encoder_a
     S = (enc.tokenize(a).length, enc.tokenize(b).length)
     base = rss_mb()
-    out = {"case": case, "method": method, "tokens": S, "baseline_mb": base, "threads": threads}
+    out = {"case": case, "method": method, "tokens": S, "baseline_mb": base, "threads": threads, "bias": bias}
     if method == "engine":
         times, e = [], None
         for _ in range(3):
             t = time.perf_counter()
-            e = ex.explain(a, b, method="bilrp", sim="dot")
+            e = ex.explain(a, b, method="bilrp", sim="dot", bias=bias)
             times.append(time.perf_counter() - t)
         out.update(seconds=statistics.median(times), runs=times, conservation=e.extras["conservation"],
                    score=e.score, total=e.total, modes=e.settings["mode"])
@@ -115,8 +117,8 @@ def worker(case: str, method: str, threads: int, ref_dims: int) -> dict:
         D = 384
         dims = None if ref_dims <= 0 else list(range(min(D, ref_dims)))
         t = time.perf_counter()
-        Ra = per_dimension_loop(enc, a, dims=dims)
-        Rb = per_dimension_loop(enc, b, dims=dims)
+        Ra = per_dimension_loop(enc, a, dims=dims, bias=bias)
+        Rb = per_dimension_loop(enc, b, dims=dims, bias=bias)
         sec = time.perf_counter() - t
         out["measured_seconds"] = sec
         if dims is not None and len(dims) < D:
@@ -133,8 +135,9 @@ def worker(case: str, method: str, threads: int, ref_dims: int) -> dict:
     return out
 
 
-def run_case(case, method, threads, ref_dims):
-    cmd = [sys.executable, __file__, "--worker", case, method, "--threads", str(threads), "--ref-dims", str(ref_dims)]
+def run_case(case, method, threads, ref_dims, bias="absorb"):
+    cmd = [sys.executable, __file__, "--worker", case, method, "--threads", str(threads), "--ref-dims", str(ref_dims),
+           "--bias", bias]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
                                                                    "BILRP_BENCH_DIR": _DIR})
     if res.returncode != 0:
@@ -154,16 +157,17 @@ def main():
     ap.add_argument("--long-ref-dims", type=int, default=24, help="reference dims per side on the long pair")
     ap.add_argument("--ref-dims", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bias", default="absorb", help="bias setting of engine and reference (simattr.rules.BIASES)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.threads, args.ref_dims)))
+        print(json.dumps(worker(*args.worker, args.threads, args.ref_dims, args.bias)))
         return
     rows = []
     _DIR = tempfile.mkdtemp(prefix="bilrp_bench_")
     for case in args.cases.split(","):
-        eng = run_case(case, "engine", args.threads, 0)
-        ref = run_case(case, "reference", args.threads, args.long_ref_dims if case == "long" else 0)
+        eng = run_case(case, "engine", args.threads, 0, args.bias)
+        ref = run_case(case, "reference", args.threads, args.long_ref_dims if case == "long" else 0, args.bias)
         rows.append({"case": case, "engine": eng, "reference": ref, "speedup": ref["seconds"] / eng["seconds"]})
         r = rows[-1]
         note = f" (extrapolated from {ref['extrapolated_from_dims']} dims/side)" if "extrapolated_from_dims" in ref else ""

@@ -103,6 +103,8 @@ def _add_options(e):
     e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
     e.add_argument("--rule", default="cp", choices=["cp", "attnlrp"],
                    help="bilrp: LRP rule set (cp: CP-LRP, attention probabilities constant; attnlrp: AttnLRP)")
+    e.add_argument("--bias", default=None, choices=["absorb", "epsilon", "epsilon-ln", "redistribute", "redistribute-abs"],
+                   help="bilrp: how biases share relevance (default epsilon-ln; absorb: the authors' CP-LRP)")
     e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse", "cross"])
     e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
                    help="fused attention kernel (auto: on CUDA with Triton) or eager math")
@@ -140,7 +142,7 @@ _OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "max_steps": 
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",
-                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule",
+                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule", "bias": "bias",
                  "contraction": "contraction"}
 
 
