@@ -418,7 +418,11 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         items = [job.item(sides[t]) for t in range(len(towers))]
         with named("begin"):
             job.begin(sides, ids)
-        cache_keys = [(job.cache_key(tower), text) for tower, text in towers] if cache is not None else None
+        if cache is not None:  # a tower's key (its model fingerprint, its options) once per job, not once per text
+            tower_keys = {tower: job.cache_key(tower) for tower in {tower for tower, _ in towers}}
+            cache_keys = [(tower_keys[tower], text) for tower, text in towers]
+        else:
+            cache_keys = None
         for t, item in enumerate(items):
             item.cached = cache_keys is not None and cache_keys[t] in cache
         pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)

@@ -81,7 +81,8 @@ class AdaptiveRule:
     the `order`-point Gauss rule nested in it, whose difference from the Kronrod value estimates the interval's
     error. `refine` bisects the intervals whose estimate is largest; when the exact error of the whole rule (the
     caller knows the integral) is not accounted for by the estimates — a feature narrower than every interval,
-    missed by all of its nodes — the widest intervals are bisected instead, so a missed spike is found by
+    missed by all of its nodes — the descendants of an interval whose estimate once explained it are bisected (a
+    spike seen and lost between the children's nodes), else the widest intervals, so a missed spike is found by
     refinement, not hidden by it.
 
     integrand(alphas [n]) -> values [n, D] (a torch tensor or numpy array); the rule evaluates it once per node of
