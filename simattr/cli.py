@@ -93,6 +93,8 @@ def _add_options(e):
     e.add_argument("--max-steps", type=int, default=None,
                    help="ij: most path nodes per text under --steps auto (default 512); a pair that does not reach "
                         "--tol within it is reported as not converged")
+    e.add_argument("--no-retry-float64", dest="retry_float64", action="store_false", default=None,
+                   help="ij: do not re-run a text in float64 when its float32 path stalls (default: re-run)")
     e.add_argument("--quadrature", default=None,
                    choices=["auto", "adaptive_gauss", "riemann_midpoint", "riemann_trapezoid", "riemann_left",
                             "riemann_right", "gauss_legendre"],
@@ -138,7 +140,7 @@ def _add_options(e):
 
 
 #: command-line destination -> method option name (None: not a method option)
-_OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "max_steps": "max_steps", "quadrature": "quadrature", "units": "units",
+_OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "max_steps": "max_steps", "retry_float64": "retry_float64", "quadrature": "quadrature", "units": "units",
                  "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
                  "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
                  "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",

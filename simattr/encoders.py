@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .errors import SimattrError
+from .errors import SimattrError, warn
 
 POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 
@@ -137,7 +136,7 @@ class Encoder:
             if not truncate:
                 raise SimattrError(f"text has {ids.shape[1]} tokens, over the model's maximum of {limit}; "
                                    f"shorten it or pass truncate=True (--truncate) to cut it")
-            warnings.warn(f"text truncated from {ids.shape[1]} to {limit} tokens", stacklevel=2)
+            warn(f"text truncated from {ids.shape[1]} to {limit} tokens")
             enc = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
             ids = enc["input_ids"]
             truncated = True
@@ -257,6 +256,22 @@ class Encoder:
 
         return f
 
+    def copy_as(self, dtype: torch.dtype) -> "Encoder":
+        """A copy of this encoder whose model (and head, if a module) is in `dtype`, with eager attention; the
+        original is untouched. Used to re-run a text in float64 where float32 cannot resolve its path (IJ)."""
+        import copy
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model).to(dtype)
+        if isinstance(self.head, nn.Module):
+            twin.head = copy.deepcopy(self.head).to(dtype)
+        if getattr(twin.model.config, "_attn_implementation", None) not in (None, "eager"):
+            if hasattr(twin.model, "set_attn_implementation"):
+                twin.model.set_attn_implementation("eager")
+            else:
+                twin.model.config._attn_implementation = "eager"
+        twin.embeddings, twin.blocks = find_embeddings(twin.model), find_blocks(twin.model)
+        return twin
+
     # ------------------------------------------------------------------ model state during a computation
     @contextlib.contextmanager
     def prepared(self):
@@ -356,6 +371,9 @@ class CallableEncoder(Encoder):
     @contextlib.contextmanager
     def prepared(self):
         yield self
+
+    def copy_as(self, dtype):
+        return None  # its callables fix their own precision
 
 
 # ---------------------------------------------------------------------- loading

@@ -335,6 +335,9 @@ class PairJob(Protocol):
     def cache_key(self, tower: int):
         """Everything a text's G depends on besides the text (after `begin`), for `GCache`."""
 
+    def text_cache_key(self, tower: int, text: str):
+        """What else a text's G depends on that `begin` chose for it (IJ: its adaptive nodes; None: nothing)."""
+
     def side(self, tower: int, text: str):
         """Everything of one text that the passes need (tower 0: encoder a, 1: encoder b)."""
 
@@ -420,7 +423,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
             job.begin(sides, ids)
         if cache is not None:  # a tower's key (its model fingerprint, its options) once per job, not once per text
             tower_keys = {tower: job.cache_key(tower) for tower in {tower for tower, _ in towers}}
-            cache_keys = [(tower_keys[tower], text) for tower, text in towers]
+            cache_keys = [(tower_keys[tower], text, job.text_cache_key(tower, text)) for tower, text in towers]
         else:
             cache_keys = None
         for t, item in enumerate(items):

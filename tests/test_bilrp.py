@@ -484,3 +484,17 @@ def test_cli(capsys):
     assert out["method"] == "bilrp" and out["sim"] == "dot" and out["rule"] == "attnlrp"
     assert out["settings"]["layer"] == 2
     assert abs(out["total"] - out["terms"]["decomposed"]) == pytest.approx(out["error"])
+
+
+def test_conservation_warning_reads_near_zero_similarities_on_their_scale():
+    """A ratio Σ A / s means nothing where s ≈ 0: the warning compares |Σ A − s| with max(|s|, 0.1 ‖f̃a‖ ‖f̃b‖)."""
+    import warnings
+    from simattr.methods.bilrp import warn_conservation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warn_conservation(3.0, 0.03, "epsilon-ln", decomposed=0.01, scale=1.0)  # cosine 0.01, Σ A 0.03: fine
+        warn_conservation(1.2, 0.6, "epsilon-ln", decomposed=0.5, scale=1.0)
+    with pytest.warns(UserWarning, match="conservation"):
+        warn_conservation(3.0, 1.5, "epsilon-ln", decomposed=0.5, scale=1.0)
+    with pytest.warns(UserWarning, match="conservation"):
+        warn_conservation(-4.0, 0.4, "epsilon-ln", decomposed=-0.1, scale=1.0)  # |0.5| > 0.5 · 0.1

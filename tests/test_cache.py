@@ -198,3 +198,39 @@ def test_unchanged_repeat_is_served_from_the_cache(explainer, opts):
     assert all(p.get("cached") for p in second.extras["plans"])
     same(second, first)
     same(second, explainer.explain(A, B, **opts))
+
+
+def test_adaptive_nodes_chosen_per_job_are_part_of_the_key(explainer):
+    """Under sim="dot" a text's node target depends on its partners' ‖Δf‖ (methods/ij.py `text_tolerance`), so one
+    text can get other nodes in another job: its cached G must not be served for other nodes. tol is set between
+    the two targets so that "a cat" stops one refinement earlier with one partner than with the other."""
+    from simattr import engine, paths
+    from simattr.methods.ij import prepare_side, text_tolerance
+    enc = explainer.encoder_a
+    partners = ("the dog", "Stocks fell sharply on Monday.")
+    with enc.prepared():
+        sides = {t: prepare_side(enc, t, 2, None, "token", False, False) for t in (A,) + partners}
+        norms = [float((sides[t].fx - sides[t].fr).double().norm()) for t in partners]
+        s = sides[A]
+        s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], 384, s.x.dtype)
+        rule = paths.AdaptiveRule(lambda al: engine.full_tangent_values(s.f, s.r, s.delta, al, s.shape, 2 ** 30),
+                                  exact=(s.fx - s.fr).double().numpy())
+        errors = [float(np.linalg.norm(rule.error()))]
+        while rule.refine():
+            errors.append(float(np.linalg.norm(rule.error())))
+            if errors[-1] < 1e-6:
+                break
+    # a tol whose per-text targets for the two partners sit on either side of one of the errors
+    lo, hi = sorted(norms)
+    per_unit = text_tolerance(1.0, "dot", [1.0])  # target = tol · per_unit / B
+    k = next(k for k, e in enumerate(errors) if e < errors[0] / 4 and hi / lo > 1.0001)
+    tol = errors[k] / per_unit * (lo * hi) ** 0.5  # target(hi partner) < errors[k] < target(lo partner)
+    opts = dict(method="ij", sim="dot", layer=2, tol=tol, mode="forward")
+    ex = cached(explainer)
+    order = partners if norms[0] < norms[1] else partners[::-1]  # the loose target first, then the tight one
+    first = ex.explain(A, order[0], **opts)
+    second = ex.explain(A, order[1], **opts)
+    fresh = explainer.explain(A, order[1], **opts)
+    assert first.extras["steps_used"][0] != fresh.extras["steps_used"][0]  # the two jobs chose other nodes for A
+    assert second.extras["steps_used"] == fresh.extras["steps_used"]
+    same(second, fresh)

@@ -110,13 +110,46 @@ def test_auto_steps_over_a_uniform_rule_doubles_until_the_tolerance(explainer):
 
 
 def test_a_tolerance_out_of_reach_is_reported_not_hidden(explainer):
-    with pytest.warns(UserWarning, match="above tol"):
+    with pytest.warns(UserWarning, match="above tol") as caught:
         e = explainer.explain(A, B, tol=1e-9, max_steps=14)
+    ours = [w for w in caught if "above tol" in str(w.message)]
+    assert ours[0].filename == __file__  # the warning names the caller's line, not simattr's job runner
     assert e.extras["converged"] is False and e.error > 1e-9
     assert all(n <= 14 for n in e.extras["steps_used"])
     assert not any(side["met"] for side in e.extras["nodes_per_side"])
     assert "NOT CONVERGED" in e.format() and "warning: IJ completeness error" in e.format()
     assert "above tol" in e.extras["warnings"][0]
+
+
+def test_a_float32_path_that_stalls_is_rerun_in_float64(explainer):
+    """Below float32's resolution (tol 1e-9 at layer 4) more nodes stop helping: the rule stalls, the text is re-run
+    in a float64 copy of the model, which meets the tolerance; the user's model stays float32 and untouched."""
+    import warnings
+    before = {k: v.clone() for k, v in explainer.encoder_a.model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # converged: no warning
+        e = explainer.explain(A, B, layer=4, tol=1e-9)
+    assert e.extras["converged"] is True and e.error <= 1e-9
+    for side in e.extras["nodes_per_side"]:
+        assert side["dtype"] == "float64" and side["met"]
+        assert side["retried_from"]["dtype"] == "float32" and side["retried_from"]["error_norm"] > side["target"]
+    assert explainer.encoder_a.dtype == torch.float32
+    after = explainer.encoder_a.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    plain = explainer.explain(A, B, layer=4)  # a reachable tolerance never leaves float32
+    assert all(side["dtype"] == "float32" for side in plain.extras["nodes_per_side"])
+    np.testing.assert_allclose(e.matrix, plain.matrix, atol=1e-4)
+    cross = explainer.explain(A, B, layer=4, tol=1e-9, mode="cross")  # the float64 side is the cross pass's other
+    np.testing.assert_allclose(cross.matrix, e.matrix, atol=1e-9)
+
+
+def test_without_the_float64_rerun_a_stalled_path_says_what_to_do(explainer):
+    with pytest.warns(UserWarning, match="retry_float64=True or dtype float64"):
+        e = explainer.explain(A, B, layer=4, tol=1e-9, retry_float64=False)
+    assert e.extras["converged"] is False
+    assert any(side["stalled"] and side["dtype"] == "float32" for side in e.extras["nodes_per_side"])
+    with pytest.raises(simattr.SimattrError, match="retry_float64"):
+        explainer.explain(A, B, retry_float64="yes")
 
 
 def test_few_fixed_steps_warn_when_the_error_is_large(explainer):

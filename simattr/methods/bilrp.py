@@ -24,7 +24,6 @@ and `bias_share` = bias_term / f̃(a)·f̃(b) = 1 − conservation, and warns (U
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -34,7 +33,7 @@ from torch import Tensor
 from .. import engine, jobs, rules
 from ..contraction import check_backend as check_contraction
 from ..encoders import CallableEncoder, Encoder, Tokens, prepared
-from ..errors import SimattrError
+from ..errors import SimattrError, warn
 from ..explanation import Explanation
 from ..units import Units, make_units
 
@@ -54,6 +53,9 @@ CONSERVATIVE_BIAS = "redistribute-abs"
 #: explains by more than half of it (MPNet, bias="absorb": conservation 227.6 on "A man is playing a guitar." /
 #: "Someone plays an instrument.")
 CONSERVATION_TOLERANCE = 0.5
+#: below this share of ‖f̃(a)‖ ‖f̃(b)‖ (a cosine of 0.1) a similarity counts as near 0: the warning then compares
+#: |Σ A − f̃(a)·f̃(b)| with that floor instead of the ratio
+NEAR_ZERO = 0.1
 
 
 @dataclass
@@ -177,6 +179,9 @@ class BiLRPJob:
                               self.sim, self.rule, self.bias, rules.bias_constants(self.bias),
                               jobs.option_key(self.units[tower]), self.truncate)
 
+    def text_cache_key(self, tower: int, text: str):
+        return None  # a text's G depends on nothing job-wide
+
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)
@@ -239,27 +244,35 @@ class BiLRPJob:
                   "bias_term": decomposed - total,
                   "bias_share": 1 - conservation if conservation is not None else None,
                   "sim": self.sim, "residual_per_side": residual, "plans": plans, "seconds": seconds}
-        warn_conservation(conservation, total, self.bias)
+        scale = float(a.fmod.double().norm() * b.fmod.double().norm())
+        warn_conservation(conservation, total, self.bias, decomposed, scale)
         return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels,
                            tokens_b=b.units.labels, score=score, terms={"decomposed": decomposed},
                            error=abs(total - decomposed), settings=settings, extras=extras)
 
 
-def warn_conservation(conservation: Optional[float], total: float, bias: str):
-    """UserWarning when Σ A is far from f̃(a)·f̃(b) (|conservation − 1| > CONSERVATION_TOLERANCE)."""
+def warn_conservation(conservation: Optional[float], total: float, bias: str, decomposed: float = None,
+                      scale: float = 0.0):
+    """UserWarning when Σ A is far from f̃(a)·f̃(b): |Σ A − f̃(a)·f̃(b)| > CONSERVATION_TOLERANCE ·
+    max(|f̃(a)·f̃(b)|, NEAR_ZERO · ‖f̃(a)‖ ‖f̃(b)‖) — the conservation ratio itself where the similarity is not near 0
+    (there a ratio means nothing: a cosine of 0.01 explained by Σ A = 0.03 is not a failure)."""
+    if decomposed is not None:
+        floor = max(abs(decomposed), NEAR_ZERO * scale)
+        if abs(total - decomposed) <= CONSERVATION_TOLERANCE * floor:
+            return
     if conservation is None:
         if total == 0:
             return
         what = f"f̃(a)·f̃(b) = 0 while Σ A = {total:.4g}"
-    elif abs(conservation - 1) <= CONSERVATION_TOLERANCE:
+    elif decomposed is None and abs(conservation - 1) <= CONSERVATION_TOLERANCE:
         return
     else:
         what = f"conservation Σ A / f̃(a)·f̃(b) = {conservation:.4g}"
     hint = (f"bias={CONSERVATIVE_BIAS!r} hands every bias share back to the inputs (exact conservation)"
             if bias != CONSERVATIVE_BIAS else "the similarity may be too close to 0 for the ratio to mean much")
-    warnings.warn(f"BiLRP (bias={bias!r}): {what}, outside 1 ± {CONSERVATION_TOLERANCE}: the matrix does not "
-                  f"decompose the similarity (the biases absorb or add relevance); {hint} (option bias=, one of "
-                  f"{', '.join(rules.BIASES)})", UserWarning, stacklevel=2)
+    warn(f"BiLRP (bias={bias!r}): {what}, outside 1 ± {CONSERVATION_TOLERANCE}: the matrix does not "
+         f"decompose the similarity (the biases absorb or add relevance); {hint} (option bias=, one of "
+         f"{', '.join(rules.BIASES)})")
 
 
 def explain_bilrp(enc_a: Encoder, enc_b: Encoder, text_a: str, text_b: str, **options) -> Explanation:

@@ -6,7 +6,6 @@ G_side[k, u] = ∫₀¹ ⟨∂f_k(r + α(x − r))/∂x, (x − r)|_u⟩ dα,   
 from __future__ import annotations
 
 import contextlib
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -18,7 +17,7 @@ from torch import Tensor
 from .. import engine, jobs, paths
 from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens, prepared
-from ..errors import SimattrError
+from ..errors import SimattrError, warn
 from ..explanation import Explanation
 from ..references import reference as make_reference
 from ..units import Units, make_units
@@ -128,13 +127,17 @@ def adaptive_rule(side: "Side", target: float, max_nodes: int, budget: int, orde
         errors.append(float(np.linalg.norm(rule.error())))
     al, w = rule.nodes()
     err = errors[-1]
-    # stalled: the last STALL_REFINEMENTS refinements did not halve the error — the integrand is not resolved by
-    # more nodes at this precision (seen on all-mpnet-base-v2 at layer 0 in float32; float64 converges)
-    stalled = err > target and len(errors) > STALL_REFINEMENTS and \
-        err > 0.5 * min(errors[:-STALL_REFINEMENTS])
     info = {"nodes": int(len(al)), "intervals": len(rule.intervals), "probe_evaluations": rule.evaluations,
-            "error_norm": err, "target": target, "met": err <= target, "stalled": bool(stalled)}
+            "error_norm": err, "target": target, "met": err <= target, "stalled": _stalled(errors, target),
+            "dtype": str(side.x.dtype).replace("torch.", "")}
     return al, w, info
+
+
+def _stalled(errors: list, target: float) -> bool:
+    """The last STALL_REFINEMENTS refinements did not halve the error: more nodes do not resolve the integrand at
+    this precision (seen on all-mpnet-base-v2 at layer 0 in float32, where float64 converges)."""
+    return bool(errors[-1] > target and len(errors) > STALL_REFINEMENTS
+                and errors[-1] > 0.5 * min(errors[:-STALL_REFINEMENTS]))
 
 
 class IJJob:
@@ -144,7 +147,7 @@ class IJJob:
                  quadrature: str = "auto", reference=None, units="token", sim: str = "cosine",
                  exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
                  tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS, truncate: bool = False,
-                 attention: str = "auto", contraction: str = "auto"):
+                 attention: str = "auto", contraction: str = "auto", retry_float64: bool = True):
         if sim not in ("cosine", "dot"):
             raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
         if quadrature == "auto":  # adaptive Gauss nodes per text for steps="auto", uniform midpoints for steps=N
@@ -158,6 +161,9 @@ class IJJob:
         if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
             raise SimattrError(f"max_steps must be a positive integer, got {max_steps!r}")
         self.max_steps = int(max_steps)
+        if not isinstance(retry_float64, (bool, np.bool_)):
+            raise SimattrError(f"retry_float64 must be True or False, got {retry_float64!r}")
+        self.retry_float64 = bool(retry_float64)
         check_contraction(contraction)
         if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
                                     and steps >= 1)):
@@ -170,6 +176,8 @@ class IJJob:
         self.reference, self.units_option = reference, units
         self.layer, self.steps, self.sim, self.exact, self.mode, self.tol = layer, steps, sim, exact, mode, float(tol)
         self.node_sets = {}  # text key -> (alphas, weights, info) under the adaptive rule
+        self.wide = {}  # text key -> its Side in float64 (a stalled float32 path re-run: `retry_wide`)
+        self.twins = {}  # tower -> the float64 copy of its encoder (made once per job, dropped with the context)
         self.budget = engine.parse_memory(max_memory)
         self.batch_size, self.truncate, self.attention, self.contraction = \
             internal_batch_size, truncate, attention, contraction
@@ -182,7 +190,10 @@ class IJJob:
                 attention_context(enc_a, self.attention) as attn_a, \
                 (attention_context(enc_b, self.attention) if enc_b is not enc_a else nullcontext(attn_a)) as attn_b:
             self.attn = (attn_a, attn_b)
-            yield
+            try:
+                yield
+            finally:
+                self.twins.clear()
 
     def tower_key(self, tower: int):
         same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.refs[0], self.refs[1]) \
@@ -197,6 +208,14 @@ class IJJob:
         return jobs.cache_key("ij", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
                               steps, self.rule, self.sim, jobs.option_key(self.refs[tower]),
                               jobs.option_key(self.units[tower]), self.truncate)
+
+    def text_cache_key(self, tower: int, text: str):
+        """A text's adaptive nodes (their dtype, alphas and weights): under sim="dot" its target depends on its
+        partners in the job, so the same text may get other nodes in another job."""
+        if self.rule != paths.ADAPTIVE:
+            return None
+        al, w, info = self.node_sets[(self.tower_key(tower), text)]
+        return (info["dtype"], jobs.tensor_key(torch.as_tensor(al)), jobs.tensor_key(torch.as_tensor(w)))
 
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
@@ -230,13 +249,45 @@ class IJJob:
                 s = sides[t]
                 if s.key not in self.node_sets:
                     target = text_tolerance(self.tol, self.sim, other)
-                    self.node_sets[s.key] = adaptive_rule(s, target, self.max_steps, self.budget)
+                    # the whole budget in float32 first: an error that falls slowly may still get there (MPNet
+                    # layer 4: 406 nodes), and probes cost 1/units of the passes a float64 re-run would add
+                    rule = adaptive_rule(s, target, self.max_steps, self.budget)
+                    if rule[2]["stalled"] and self.retry_float64:
+                        rule = self.retry_wide(s, target, rule)
+                    self.node_sets[s.key] = rule
             return
         steps = self.steps
         if steps == "auto":
             steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget)
         self.n_steps = int(steps)
         self.alphas, self.weights = paths.nodes(self.rule, self.n_steps)
+
+    def retry_wide(self, side: Side, target: float, narrow):
+        """`side`'s path again in float64 (a float64 copy of its encoder, made once per job), used for its G when
+        that meets the target or gets closer: where the float32 rule stalled because the path passes a
+        near-singular point of the model that float32 cannot evaluate consistently (all-mpnet-base-v2, layer 0).
+        Returns the adaptive rule kept, its info saying what was tried."""
+        if side.x.dtype == torch.float64:
+            return narrow
+        tower = side.key[0]
+        if tower not in self.twins:
+            self.twins[tower] = self.encoders[tower].copy_as(torch.float64)
+        if self.twins[tower] is None:  # a CallableEncoder fixes its own precision
+            return narrow
+        wide = prepare_side(self.twins[tower], side.key[1], self.layer, self.refs[tower], self.units[tower],
+                            self.sim == "cosine", self.truncate)
+        wide.shape = engine.Shape.of(self.twins[tower], wide.tokens.length, wide.x.shape[-1], side.shape.out_dim,
+                                     torch.float64)
+        wide.key = side.key
+        rule = adaptive_rule(wide, target, self.max_steps, self.budget)
+        first = {k: narrow[2][k] for k in ("dtype", "nodes", "probe_evaluations", "error_norm")}
+        if rule[2]["error_norm"] >= narrow[2]["error_norm"]:
+            narrow[2]["retried"] = dict(rule[2], used=False)
+            return narrow
+        self.wide[side.key] = wide
+        rule[2]["retried_from"] = first
+        rule[2]["probe_evaluations"] += narrow[2]["probe_evaluations"]
+        return rule
 
     def nodes_of(self, side: Side):
         """(alphas, weights) of `side`'s path: its adaptive nodes, or the job's fixed rule."""
@@ -246,6 +297,7 @@ class IJJob:
         return self.alphas, self.weights
 
     def attribution(self, side: Side):
+        side = self.wide.get(side.key, side)
         alphas, weights = self.nodes_of(side)
         p = engine.plan(len(side.units), len(alphas), side.shape,
                         mode=self.mode if self.mode in engine.MODES else "auto", budget=self.budget,
@@ -258,7 +310,8 @@ class IJJob:
         """VJPs on `other` with the columns of the known sides' G's as cotangents, in one reverse-mode run:
         M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u], split back per G."""
         D = self.out_dim
-        cot = torch.cat([G.T for G in Gs])
+        other = self.wide.get(other.key, other)
+        cot = torch.cat([G.T.to(other.x.dtype) for G in Gs])
         alphas, weights = self.nodes_of(other)
         p = engine.plan(D + 1, len(alphas), other.shape, mode="reverse", budget=self.budget,
                         batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
@@ -268,11 +321,12 @@ class IJJob:
         return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
 
     def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
-        terms, target = similarity_terms(a, b, self.exact)
         score = float((a.fx.double() * b.fx.double()).sum())
+        wa, wb = self.wide.get(a.key, a), self.wide.get(b.key, b)  # a G from a float64 re-run integrates its f
+        terms, target = similarity_terms(wa, wb, self.exact)
         total = float(A.sum())
         completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
-                        for G, s in ((G_a, a), (G_b, b))]
+                        for G, s in ((G_a, wa), (G_b, wb))]
         enc_a, enc_b = self.encoders
         error = abs(total - target)
         relative = error / max(abs(score), 1e-12)
@@ -282,18 +336,24 @@ class IJJob:
         converged = error <= self.tol if auto else None
         notes = []
         if auto and not converged:
-            stalled = adaptive and any(self.node_sets[s.key][2]["stalled"] for s in (a, b))
-            hint = ("its error stopped falling as nodes were added: the path passes a near-singular point of the "
-                    f"model that {str(a.x.dtype).replace('torch.', '')} cannot resolve — use dtype float64 "
-                    "(--dtype float64) with a larger max_steps, or a later layer") if stalled else \
-                "raise max_steps, or attribute at a later layer"
+            infos = [self.node_sets[s.key][2] for s in (a, b)] if adaptive else []
+            stalled = any(i["stalled"] for i in infos)
+            wide = any(i["dtype"] == "float64" for i in infos)
+            if stalled and not wide:
+                hint = ("its error stopped falling as nodes were added: the path passes a near-singular point of "
+                        f"the model that {str(a.x.dtype).replace('torch.', '')} cannot resolve — use "
+                        "retry_float64=True or dtype float64 (--dtype float64), or a later layer")
+            elif stalled:
+                hint = "its error stopped falling even in float64: attribute at a later layer or use another reference"
+            else:
+                hint = "raise max_steps, or attribute at a later layer"
             notes.append(f"IJ completeness error {error:.2e} is above tol={self.tol:g} within max_steps="
                          f"{self.max_steps} (nodes used {steps_used[0]} and {steps_used[1]}): {hint}")
         elif relative > WARN_RELATIVE_ERROR:
             notes.append(f"IJ completeness error {error:.2e} is {100 * relative:.1f}% of the score (above "
                          f"{100 * WARN_RELATIVE_ERROR:g}%): use steps='auto' or more steps")
         for note in notes:
-            warnings.warn(note, UserWarning, stacklevel=2)
+            warn(note)
         settings = {"layer": self.layer, "steps": "auto" if adaptive else self.n_steps, "quadrature": self.rule,
                     "sim": self.sim, "max_steps": self.max_steps if auto else None,
                     "exact": self.exact, "reference": _describe(self.reference),
