@@ -66,7 +66,7 @@ def worker(case: str, args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     import simattr
-    from simattr import engine, paths
+    from simattr import engine, quadrature
     from simattr.methods.ij import prepare_side
     from tests.reference_loop import per_dimension_loop
 
@@ -121,7 +121,7 @@ def worker(case: str, args) -> dict:
         if run_ref and i < args.ref_repeats:
             sync(); t = time.perf_counter()
             with enc.prepared():
-                al, w = paths.nodes("riemann_midpoint", args.steps)
+                al, w = quadrature.nodes("riemann_midpoint", args.steps)
                 for text in (a, b):
                     # the reference code runs the model as loaded: parameters keep requires_grad
                     for p in enc.model.parameters():

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import simattr  # noqa: E402
-from simattr import engine, paths  # noqa: E402
+from simattr import engine, quadrature  # noqa: E402
 from simattr.encoders import load_encoder, prepared  # noqa: E402
 from simattr.methods import ij  # noqa: E402
 
@@ -73,7 +73,7 @@ def part1(layers=(0, 2, 4), pairs=(SHORT,)):
                 units = [ij.active_units(s) for s in s32]
                 uni = {}
                 for n in UNIFORM:
-                    al, w = paths.nodes("riemann_midpoint", n)
+                    al, w = quadrature.nodes("riemann_midpoint", n)
                     G = [side_G(s, al, w, s.fx.shape[-1]) for s in s32]
                     uni[n] = float(((G[0].T @ G[1]) - A_ref).norm() / A_ref.norm())
                 job = ij.IJJob(enc32, enc32)
@@ -119,7 +119,7 @@ def part2(models=("minilm", "mpnet"), layers=None):
                     F = lambda al: engine.full_tangent_values(s.f, s.r, s.delta, al, s.shape, 2 << 30).double().numpy()
                     uni = {}
                     for n in UNIFORM:
-                        al, w = paths.nodes("riemann_midpoint", n)
+                        al, w = quadrature.nodes("riemann_midpoint", n)
                         uni[n] = float(np.linalg.norm((F(al) * w[:, None]).sum(0) - d))
                     _, _, info = ij.adaptive_rule(s, 2.5e-4, ij.DEFAULT_MAX_STEPS, 2 << 30)
                     row = {"model": name, "layer": layer, "tokens": s.tokens.length, "uniform": uni, "auto": info}

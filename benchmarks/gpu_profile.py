@@ -39,7 +39,7 @@ from torch.func import jvp, vmap
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels.attention_jvp as K  # noqa: E402
+import simattr.kernels.attention_jvp as K  # noqa: E402
 
 PEAKS = {"fp32 (non-tensor)": 67e12, "tf32": 495e12, "bf16/fp16": 989e12}
 RESULTS = {"device": None, "versions": {}, "a_correctness": [], "b_attention": [], "c_end_to_end": [],

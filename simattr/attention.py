@@ -7,7 +7,7 @@ attention receives a [B, 1, S_q, S_k] keep-mask, or None without padding), switc
 restores the previous implementation on exit.
 
 The registered function computes exactly eager attention, softmax(QKᵀ·scaling + mask)·V, through
-`kernels.attention_jvp.FusedAttention`: on CUDA with Triton the fused kernel (its JVP is one launch for all
+`simattr.kernels.attention_jvp.FusedAttention`: on CUDA with Triton the fused kernel (its JVP is one launch for all
 tangents of a `vmap(jvp)`), elsewhere the same autograd.Function over the PyTorch math, so the plumbing is
 identical on the CPU. Training-mode dropout falls back to eager math. It returns no attention weights.
 
@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from kernels.attention_jvp import HAS_TRITON, FusedAttention, as_4d_mask
+from simattr.kernels.attention_jvp import HAS_TRITON, FusedAttention, as_4d_mask
 
 NAME = "simattr_fused"
 NAME_CONSTANT_SOFTMAX = "simattr_fused_cp"

@@ -111,7 +111,7 @@ def contract(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], unit_ind
     if which == "torch":
         return contract_torch(grads, tangent, weights, unit_index, n_units)
     if which == "triton":
-        from kernels.contract import contract_triton
+        from simattr.kernels.contract import contract_triton
         return contract_triton(grads, tangent, weights, unit_index, n_units)
     return torch.ops.simattr.contract_tangent(grads, tangent, weights, unit_index, n_units)
 

@@ -271,7 +271,7 @@ def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights,
 
 def full_tangent_values(f: Callable, start: Tensor, delta: Tensor, alphas, shape: Shape, budget: int) -> Tensor:
     """J(start + α_n delta) · delta for every node [n, D] — the integrand whose integral is f(x) − f(r); one JVP per
-    node, nodes batched to the budget (the adaptive rule's probe: `simattr.paths.AdaptiveRule`)."""
+    node, nodes batched to the budget (the adaptive rule's probe: `simattr.quadrature.AdaptiveRule`)."""
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
     n_c = max(1, min(len(alphas), budget // shape.forward_element()))
     if start.device.type == "cpu":

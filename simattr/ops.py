@@ -92,9 +92,9 @@ def _attention_info() -> dict:
     """Which attention the IJ engine uses with attention="auto"."""
     import torch
     try:
-        from kernels.attention_jvp import HAS_TRITON
+        from simattr.kernels.attention_jvp import HAS_TRITON
     except ImportError as exc:  # pragma: no cover - kernels/ ships with the package
-        return {"available": False, "reason": f"kernels.attention_jvp not importable ({exc}); eager math attention"}
+        return {"available": False, "reason": f"simattr.kernels.attention_jvp not importable ({exc}); eager math attention"}
     if torch.cuda.is_available() and HAS_TRITON:
         return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
     why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
@@ -257,5 +257,5 @@ def maxsim(Q, C, Qmask=None, Cmask=None, backend: str = "auto") -> Tuple:
     if which == "cpp":
         importlib.import_module("simattr._C")
         return torch.ops.simattr.maxsim(Q.float(), C.float(), Qmask, Cmask)
-    from kernels.maxsim import maxsim_triton
+    from simattr.kernels.maxsim import maxsim_triton
     return maxsim_triton(Q, C, Qmask, Cmask)

@@ -194,7 +194,7 @@ def attention(rule: str, query: Tensor, key: Tensor, value: Tensor, mask: Option
     """
     key, value = _repeat_heads(key, query.shape[1]), _repeat_heads(value, query.shape[1])
     if fused and rule == "cp":
-        from kernels.attention_jvp import attention as fused_attention
+        from simattr.kernels.attention_jvp import attention as fused_attention
 
         from .attention import current_backend
         return fused_attention(query, key, value, mask, scaling, constant_softmax=True, backend=current_backend())

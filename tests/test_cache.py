@@ -204,7 +204,7 @@ def test_adaptive_nodes_chosen_per_job_are_part_of_the_key(explainer):
     """Under sim="dot" a text's node target depends on its partners' ‖Δf‖ (methods/ij.py `text_tolerance`), so one
     text can get other nodes in another job: its cached G must not be served for other nodes. tol is set between
     the two targets so that "a cat" stops one refinement earlier with one partner than with the other."""
-    from simattr import engine, paths
+    from simattr import engine, quadrature
     from simattr.methods.ij import prepare_side, text_tolerance
     enc = explainer.encoder_a
     partners = ("the dog", "Stocks fell sharply on Monday.")
@@ -213,7 +213,7 @@ def test_adaptive_nodes_chosen_per_job_are_part_of_the_key(explainer):
         norms = [float((sides[t].fx - sides[t].fr).double().norm()) for t in partners]
         s = sides[A]
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], 384, s.x.dtype)
-        rule = paths.AdaptiveRule(lambda al: engine.full_tangent_values(s.f, s.r, s.delta, al, s.shape, 2 ** 30),
+        rule = quadrature.AdaptiveRule(lambda al: engine.full_tangent_values(s.f, s.r, s.delta, al, s.shape, 2 ** 30),
                                   exact=(s.fx - s.fr).double().numpy())
         errors = [float(np.linalg.norm(rule.error()))]
         while rule.refine():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import simattr
-from simattr import engine, paths
+from simattr import engine, quadrature
 from simattr.methods.ij import prepare_side
 from tests.conftest import FAMILIES
 
@@ -16,7 +16,7 @@ def test_family_modes_agree_and_identity_holds(family, family_encoder):
     enc = family_encoder(family, dtype=torch.float64)
     with enc.prepared():
         side = prepare_side(enc, A, 0, None, "token", True, False)
-        al, w = paths.nodes("riemann_midpoint", 3)
+        al, w = quadrature.nodes("riemann_midpoint", 3)
         D = side.fx.shape[-1]
         shape = engine.Shape.of(enc, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
         Gf = engine.path_attribution(side.f, side.r, side.delta, al, w, side.units.matrix, D,

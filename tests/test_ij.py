@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import simattr
-from simattr import engine, paths
+from simattr import engine, quadrature
 from simattr.methods.ij import prepare_side
 from tests.reference_loop import per_dimension_loop
 
@@ -12,7 +12,7 @@ A, B = "a cat sat", "the dog ran"
 
 
 def _G(side, steps, mode, **kw):
-    al, w = paths.nodes("riemann_midpoint", steps)
+    al, w = quadrature.nodes("riemann_midpoint", steps)
     D = side.fx.shape[-1]
     shape = engine.Shape.of(side.encoder, side.tokens.length, side.x.shape[-1], D, side.x.dtype)
     p = engine.plan(len(side.units), len(al), shape, mode=mode, **kw)
@@ -25,7 +25,7 @@ def test_forward_reverse_and_per_dimension_loop_agree(explainer):
         side = prepare_side(enc, A, 0, None, "token", True, False)
         Gf, pf = _G(side, 4, "forward")
         Gr, pr = _G(side, 4, "reverse")
-        al, w = paths.nodes("riemann_midpoint", 4)
+        al, w = quadrature.nodes("riemann_midpoint", 4)
         Gl = per_dimension_loop(side.f, side.x, side.r, al, w)
     assert pf.mode == "forward" and pr.mode == "reverse"
     assert Gf.shape == Gr.shape == Gl.shape == (384, side.tokens.length)
@@ -84,7 +84,7 @@ def test_error_falls_as_steps_grow(explainer):
 
 
 def test_quadrature_rules_all_converge(explainer):
-    for rule in paths.FIXED_RULES:
+    for rule in quadrature.FIXED_RULES:
         e = explainer.explain(A, B, steps=24, quadrature=rule)
         assert e.error < 5e-3, rule
 

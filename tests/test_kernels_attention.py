@@ -15,8 +15,8 @@ if not torch.cuda.is_available():  # must precede the first `import triton` (JIT
 import pytest
 from torch.func import jvp, vmap
 
-import kernels.attention_jvp as K
-from kernels.attention_jvp import (FusedAttention, attention, attention_forward, attention_jvp,
+import simattr.kernels.attention_jvp as K
+from simattr.kernels.attention_jvp import (FusedAttention, attention, attention_forward, attention_jvp,
                                    attention_tangent)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -50,7 +50,7 @@ def _triton_ok():
     except ImportError:
         return False
     if DEV == "cpu":
-        import kernels.contract as kc
+        import simattr.kernels.contract as kc
         return type(kc._contract_kernel).__name__ == "InterpretedFunction"
     return True
 

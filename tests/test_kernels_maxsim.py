@@ -54,8 +54,8 @@ def triton_maxsim():
             import triton  # noqa: F401
         except ImportError:
             pytest.skip("triton is not installed")
-        mod = sys.modules.get("kernels.maxsim")
-        mod = importlib.reload(mod) if mod is not None else importlib.import_module("kernels.maxsim")
+        mod = sys.modules.get("simattr.kernels.maxsim")
+        mod = importlib.reload(mod) if mod is not None else importlib.import_module("simattr.kernels.maxsim")
         yield mod.maxsim_triton
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from simattr import paths
+from simattr import quadrature
 from simattr.errors import SimattrError
 
 # QUADPACK's qk15 (Piessens et al. 1983): the 15-point Kronrod extension of the 7-point Gauss rule, x ≥ 0 half
@@ -13,11 +13,11 @@ QK15_W = [0.022935322010529225, 0.063092092629978553, 0.104790010322250184, 0.14
 
 
 def test_kronrod_matches_quadpack_and_is_exact_to_degree_3n_plus_1():
-    x, w = paths.kronrod(7)
+    x, w = quadrature.kronrod(7)
     np.testing.assert_allclose(x[7:][::-1], QK15_X, atol=1e-14)
     np.testing.assert_allclose(w[7:][::-1], QK15_W, atol=1e-14)
     for n in (2, 3, 4, 5):
-        x, w = paths.kronrod(n)
+        x, w = quadrature.kronrod(n)
         assert len(x) == 2 * n + 1 and np.all(np.diff(x) > 0)
         gauss = np.polynomial.legendre.leggauss(n)[0]
         assert all(np.isclose(x, g).any() for g in gauss)  # nested: the Gauss nodes are among them
@@ -43,14 +43,14 @@ def spike(width):
 @pytest.mark.parametrize("width", [2e-2, 2e-3, 2e-4])
 def test_adaptive_rule_resolves_a_narrow_spike_that_uniform_steps_miss(width):
     f, exact = spike(width)
-    rule = paths.AdaptiveRule(f, order=3, exact=exact)
+    rule = quadrature.AdaptiveRule(f, order=3, exact=exact)
     while np.linalg.norm(rule.error()) > 1e-8 and rule.refine(max_nodes=2000):
         pass
     assert np.linalg.norm(rule.error()) <= 1e-8
     al, w = rule.nodes()
     assert len(al) == rule.n_nodes and w.sum() == pytest.approx(1.0, abs=1e-14)
     np.testing.assert_allclose((f(al) * w[:, None]).sum(0), exact, atol=1e-8)  # the nodes are the rule
-    am, wm = paths.nodes("riemann_midpoint", 256)
+    am, wm = quadrature.nodes("riemann_midpoint", 256)
     uniform = np.linalg.norm((f(am) * wm[:, None]).sum(0) - exact)
     assert rule.n_nodes < {2e-2: 100, 2e-3: 150, 2e-4: 300}[width]
     if width <= 2e-3:  # 256 uniform steps are far from it
@@ -61,7 +61,7 @@ def test_adaptive_rule_resolves_a_narrow_spike_that_uniform_steps_miss(width):
 
 def test_adaptive_rule_keeps_to_its_node_budget():
     f, exact = spike(1e-4)
-    rule = paths.AdaptiveRule(f, order=3, exact=exact)
+    rule = quadrature.AdaptiveRule(f, order=3, exact=exact)
     while rule.refine(max_nodes=50):
         assert rule.n_nodes <= 50
     assert rule.n_nodes <= 50 and rule.refine(max_nodes=50) == 0
@@ -70,5 +70,5 @@ def test_adaptive_rule_keeps_to_its_node_budget():
 
 def test_adaptive_rule_is_not_a_fixed_count_rule():
     with pytest.raises(SimattrError, match="per text"):
-        paths.nodes(paths.ADAPTIVE, 16)
-    assert paths.canonical("adaptive") == paths.ADAPTIVE
+        quadrature.nodes(quadrature.ADAPTIVE, 16)
+    assert quadrature.canonical("adaptive") == quadrature.ADAPTIVE

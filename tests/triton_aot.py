@@ -76,7 +76,7 @@ def fallbacks(fn, args, kw) -> list:
     kernel's `tile_candidates`; none for the others)."""
     if fn.__name__ != "_attention_jvp_kernel":
         return []
-    import kernels.attention_jvp as A
+    import simattr.kernels.attention_jvp as A
     v = dict(zip(fn.arg_names, args))
     v.update(kw)
     dtype = {"*fp32": torch.float32, "*bf16": torch.bfloat16, "*fp16": torch.float16}[_type(v["Q"])]
@@ -86,9 +86,9 @@ def fallbacks(fn, args, kw) -> list:
 
 def scenarios():
     """(kernel module, kernel attribute, label, callable making the entry-point calls) for every variant."""
-    import kernels.attention_jvp as A
-    import kernels.contract as C
-    import kernels.maxsim as M
+    import simattr.kernels.attention_jvp as A
+    import simattr.kernels.contract as C
+    import simattr.kernels.maxsim as M
     g = torch.Generator().manual_seed(0)
     r = lambda *s, dtype=torch.float32: torch.randn(*s, generator=g).to(dtype)
 
@@ -130,7 +130,7 @@ def scenarios():
 
 
 def main() -> int:
-    import kernels.attention_jvp as A
+    import simattr.kernels.attention_jvp as A
     A.DEFAULTS["fp32_precision"] = "tf32x3"  # what a sm80+ GPU gets by default (the CPU entry would pick ieee)
     failures, done = [], 0
     for module, attr, label, run in scenarios():

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import engine, jobs, paths
+from .. import engine, jobs
+from .. import quadrature as quad
 from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens, prepared
 from ..errors import SimattrError, warn
@@ -74,13 +75,13 @@ def predicted_error(ea: Tensor, eb: Tensor, da: Tensor, db: Tensor) -> float:
     return float(abs(ea @ db + da @ eb + ea @ eb))
 
 
-def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedule=paths.AUTO_SCHEDULE):
+def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedule=quad.AUTO_SCHEDULE):
     """Smallest step count of the schedule whose completeness error is under `tol` for every pair; the last one if
     none is. The error is measured exactly with one full-tangent JVP per node and text (against f(x) − f(r)), each
     text once however many pairs it is in. History: the largest error over the pairs at each count tried."""
     history = []
     for n in schedule:
-        al, w = paths.nodes(rule, n)
+        al, w = quad.nodes(rule, n)
         err = {}  # text -> (Σ_u G[:, u] − Δf, Δf)
         for t in {t for pair in pairs for t in pair}:
             s = sides[t]
@@ -121,7 +122,7 @@ def adaptive_rule(side: "Side", target: float, max_nodes: int, budget: int, orde
     refinement fits in max_nodes: (alphas, weights, info)."""
     order = order or ADAPTIVE_ORDER
     probe = lambda al: engine.full_tangent_values(side.f, side.r, side.delta, al, side.shape, budget)
-    rule = paths.AdaptiveRule(probe, order=order, exact=(side.fx - side.fr).double().cpu().numpy())
+    rule = quad.AdaptiveRule(probe, order=order, exact=(side.fx - side.fr).double().cpu().numpy())
     errors = [float(np.linalg.norm(rule.error()))]
     while errors[-1] > target and rule.refine(max_nodes=max_nodes):
         errors.append(float(np.linalg.norm(rule.error())))
@@ -151,10 +152,10 @@ class IJJob:
         if sim not in ("cosine", "dot"):
             raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
         if quadrature == "auto":  # adaptive Gauss nodes per text for steps="auto", uniform midpoints for steps=N
-            quadrature = paths.ADAPTIVE if steps == "auto" else "riemann_midpoint"
-        self.rule = paths.canonical(quadrature)
-        if self.rule == paths.ADAPTIVE and steps != "auto":
-            raise SimattrError(f"quadrature {paths.ADAPTIVE!r} places its own nodes: it needs steps='auto', got "
+            quadrature = quad.ADAPTIVE if steps == "auto" else "riemann_midpoint"
+        self.rule = quad.canonical(quadrature)
+        if self.rule == quad.ADAPTIVE and steps != "auto":
+            raise SimattrError(f"quadrature {quad.ADAPTIVE!r} places its own nodes: it needs steps='auto', got "
                                f"steps={steps!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < float(tol) < float("inf"):
             raise SimattrError(f"tol must be a positive number, got {tol!r}")
@@ -204,7 +205,7 @@ class IJJob:
         """By value (`jobs.GCache`): the model's weights fingerprint, a reference tensor's contents; NO_CACHE (not
         kept) when the tower's reference or units is a callable."""
         enc = self.encoders[tower]
-        steps = ("auto", self.tol, self.max_steps, ADAPTIVE_ORDER) if self.rule == paths.ADAPTIVE else self.n_steps
+        steps = ("auto", self.tol, self.max_steps, ADAPTIVE_ORDER) if self.rule == quad.ADAPTIVE else self.n_steps
         return jobs.cache_key("ij", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
                               steps, self.rule, self.sim, jobs.option_key(self.refs[tower]),
                               jobs.option_key(self.units[tower]), self.truncate)
@@ -212,7 +213,7 @@ class IJJob:
     def text_cache_key(self, tower: int, text: str):
         """A text's adaptive nodes (their dtype, alphas and weights): under sim="dot" its target depends on its
         partners in the job, so the same text may get other nodes in another job."""
-        if self.rule != paths.ADAPTIVE:
+        if self.rule != quad.ADAPTIVE:
             return None
         al, w, info = self.node_sets[(self.tower_key(tower), text)]
         return (info["dtype"], jobs.tensor_key(torch.as_tensor(al)), jobs.tensor_key(torch.as_tensor(w)))
@@ -238,7 +239,7 @@ class IJJob:
     def begin(self, sides, pair_ids: list):
         device = sides[pair_ids[0][0]].x.device
         self.budget = self.budget or engine.default_budget(device)
-        if self.rule == paths.ADAPTIVE:
+        if self.rule == quad.ADAPTIVE:
             self.n_steps = None
             norms = {t: float((sides[t].fx - sides[t].fr).double().norm()) for pair in pair_ids for t in pair}
             partners = {}
@@ -260,7 +261,7 @@ class IJJob:
         if steps == "auto":
             steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget)
         self.n_steps = int(steps)
-        self.alphas, self.weights = paths.nodes(self.rule, self.n_steps)
+        self.alphas, self.weights = quad.nodes(self.rule, self.n_steps)
 
     def retry_wide(self, side: Side, target: float, narrow):
         """`side`'s path again in float64 (a float64 copy of its encoder, made once per job), used for its G when
@@ -291,7 +292,7 @@ class IJJob:
 
     def nodes_of(self, side: Side):
         """(alphas, weights) of `side`'s path: its adaptive nodes, or the job's fixed rule."""
-        if self.rule == paths.ADAPTIVE:
+        if self.rule == quad.ADAPTIVE:
             al, w, _ = self.node_sets[side.key]
             return al, w
         return self.alphas, self.weights
@@ -330,7 +331,7 @@ class IJJob:
         enc_a, enc_b = self.encoders
         error = abs(total - target)
         relative = error / max(abs(score), 1e-12)
-        adaptive = self.rule == paths.ADAPTIVE
+        adaptive = self.rule == quad.ADAPTIVE
         steps_used = [len(self.nodes_of(s)[0]) for s in (a, b)]
         auto = self.steps == "auto"
         converged = error <= self.tol if auto else None
