@@ -3,7 +3,8 @@ from .api import Explainer, explain
 from .encoders import CallableEncoder, Encoder, load_encoder
 from .errors import NumericalError, SimattrError
 from .explanation import Explanation
+from .options import PerSide
 
 __version__ = "0.1.0"
 __all__ = ["explain", "Explainer", "Explanation", "Encoder", "CallableEncoder", "load_encoder", "SimattrError",
-           "NumericalError", "__version__"]
+           "NumericalError", "PerSide", "__version__"]

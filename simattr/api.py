@@ -1,57 +1,22 @@
 """Public API: `explain(a, b, model=None, method="ij", **options)` and `Explainer`, which keeps models loaded."""
 from __future__ import annotations
 
-import inspect
 from typing import Iterator
 
 from . import jobs
 from .encoders import Encoder, load_encoder
 from .errors import SimattrError
 from .explanation import Explanation
-from .methods import BATCH_METHODS, METHODS, PAIR_JOBS
+from .methods import BATCH_METHODS, METHODS, OPTIONS, PAIR_JOBS
 from .methods._setbased import as_list
 
-#: Captum-style names accepted as aliases of simattr's own option names
-ALIASES = {"n_steps": "steps", "baselines": "reference", "internal_batch_size": "internal_batch_size",
-           "method_quadrature": "quadrature", "return_convergence_delta": None}
-
-
-def _normalise_options(options: dict) -> dict:
-    out = {}
-    for k, v in options.items():
-        if k in ALIASES:
-            target = ALIASES[k]
-            if target is None:
-                continue  # the error is always returned
-            if target in options and target != k:
-                raise SimattrError(f"give either {k!r} or {target!r}, not both")
-            k = target
-        out[k] = v
-    return out
-
-
-def method_options(fn) -> set:
-    """Keyword options a method function accepts (None: any, it takes **options). A function with a `job` class
-    (ij, bilrp) takes that class's keyword options."""
-    job = getattr(fn, "job", None)
-    params = list(inspect.signature(job.__init__ if job else fn).parameters.values())[3 if job else 4:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
-
-
-def select_options(method: str, fn, options: dict, soft: dict = None) -> dict:
-    """The options to pass to `fn`: every explicit option must be accepted (else SimattrError naming it); `soft`
-    options (defaults of a front end such as the CLI) are passed only where the method takes them."""
-    accepted = method_options(fn)
-    if accepted is not None:
-        unknown = sorted(k for k in options if k not in accepted)
-        if unknown:
-            raise SimattrError(f"method {method!r} does not take option{'s' if len(unknown) > 1 else ''} "
-                               f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(accepted)) or 'none'}")
-    out = {k: v for k, v in (soft or {}).items() if accepted is None or k in accepted}
-    out.update(options)
-    return out
+def resolve_options(method: str, options: dict, soft: dict = None) -> dict:
+    """The options `method` runs with: its table (`simattr.options`, declared in the method's module) validates
+    every explicit option (unknown names and bad values are SimattrErrors naming them); `soft` options (an
+    Explainer's defaults, a front end's) apply where the method has them."""
+    if method not in METHODS:
+        raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    return dict(OPTIONS[method].resolve(options, soft))
 
 
 class Explainer:
@@ -74,7 +39,13 @@ class Explainer:
         kw = dict(pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length)
         self.encoder_a: Encoder = load_encoder(model, **kw)
         self.encoder_b: Encoder = self.encoder_a if model_b is None else load_encoder(model_b, **kw)
-        self.defaults = _normalise_options(defaults)
+        self.defaults = dict(defaults)
+        if "method" in self.defaults:
+            resolve_options(self.defaults["method"], {})
+        for name in self.defaults:
+            if name != "method" and not any(name in table for table in OPTIONS.values()):
+                raise SimattrError(f"Explainer default {name!r} is an option of no method; the methods' options: "
+                                   f"{', '.join(sorted({o.name for t in OPTIONS.values() for o in t}))}")
         if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
             raise SimattrError(f"cache_size must be a non-negative integer, got {cache_size!r}")
         self.cache = jobs.GCache(cache_size) if cache_size else None
@@ -94,27 +65,19 @@ class Explainer:
     def explain(self, a, b, method: str = None, *, soft_options: dict = None, **options) -> Explanation:
         """Explain a and b with `method`. `soft_options`: defaults applied only if the method takes them (the CLI
         passes its defaults this way); an explicit option the method does not take raises SimattrError."""
-        opts = _normalise_options(options)
+        opts = dict(options)
         method = method or opts.pop("method", None) or self.defaults.get("method", "ij")
         opts.pop("method", None)
-        if method not in METHODS:
-            raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
         soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(_normalise_options(soft_options or {}))
+        soft.update(soft_options or {})
+        opts = resolve_options(method, opts, soft)
         for name, text in (("a", a), ("b", b)):
             if not isinstance(text, str):
                 raise SimattrError(f"text {name} must be a string, got {type(text).__name__}")
             as_list(text, name)
-        fn = METHODS[method]
-        opts = select_options(method, fn, opts, soft)
-        try:
-            if method in PAIR_JOBS:
-                return jobs.explain_one(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a, b, self.cache)
-            return fn(self.encoder_a, self.encoder_b, a, b, **opts)
-        except TypeError as exc:
-            if "unexpected keyword argument" in str(exc):
-                raise SimattrError(f"method {method!r} does not take option {str(exc).split('argument')[-1].strip()}") from None
-            raise
+        if method in PAIR_JOBS:
+            return jobs.explain_one(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a, b, self.cache)
+        return BATCH_METHODS[method](self.encoder_a, self.encoder_b, [a], [b], **opts)[0]
 
     def iter_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
                   **options) -> Iterator[Explanation]:
@@ -126,19 +89,15 @@ class Explainer:
         if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
             raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
                                f"on a side, or all_pairs=True")
-        if method not in METHODS:
-            raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
         soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(_normalise_options(soft_options or {}))
+        soft.update(soft_options or {})
+        opts = resolve_options(method, options, soft)
         if method in PAIR_JOBS:
-            opts = select_options(method, METHODS[method], _normalise_options(options), soft)
             return jobs.run(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a_list, b_list, all_pairs,
                             cache=self.cache)
         if all_pairs:  # batch methods take aligned lists: spell the grid out
             a_list, b_list = [t for t in a_list for _ in b_list], b_list * len(a_list)
-        fn = BATCH_METHODS[method]
-        opts = select_options(method, fn, _normalise_options(options), soft)
-        return iter(fn(self.encoder_a, self.encoder_b, a_list, b_list, **opts))
+        return iter(BATCH_METHODS[method](self.encoder_a, self.encoder_b, a_list, b_list, **opts))
 
     def explain_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
                      **options) -> list:

@@ -10,18 +10,6 @@ import time
 from .errors import SimattrError
 
 
-def _steps(value: str):
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps takes a positive integer or 'auto', not {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be positive, got {n}")
-    return n
-
-
 def _floats3(value: str):
     try:
         vals = [float(v) for v in value.replace(",", " ").split()]
@@ -32,7 +20,7 @@ def _floats3(value: str):
     return vals
 
 
-def _parser(suppress: bool = False) -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simattr", description="Explain why two texts are similar, token by token.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("explain", help="explain the similarity of two texts")
@@ -69,101 +57,48 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--shard", default=None, metavar="K/N",
                    help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
     _add_options(m)
+    sub.add_parser("options", help="every method's options (the reference in docs/options.md, as Markdown)")
     i = sub.add_parser("info", help="which backends are available")
     i.add_argument("--json", action="store_true")
-    if suppress:  # a parser whose namespace holds only the options given on the command line
-        for action in e._actions + m._actions:
-            action.default = argparse.SUPPRESS
     return p
 
 
 def _add_options(e):
-    """The model and method options shared by explain and explain-many."""
+    """The model options and every method's options (generated from the methods' tables, `simattr.options`),
+    shared by explain and explain-many."""
+    from . import options
+    from .methods import METHODS, OPTIONS
     e.add_argument("--model", default=None, help="model directory or name (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--model-b", default=None, help="a second tower for text B (query/document encoders)")
     e.add_argument("--pooling", default=None, choices=["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"])
-    e.add_argument("--method", default="ij", help="ij (default), bilrp, maxsim, bertscore or ot")
-    e.add_argument("--layer", type=int, default=None,
-                   help="ij/bilrp: attribute at the input of this block (default 0: embeddings); maxsim/bertscore/ot: "
-                        "token embeddings after this many blocks (default: the last layer)")
-    e.add_argument("--steps", type=_steps, default=None,
-                   help="ij: 'auto' (default: path nodes placed per text until the completeness error is under "
-                        "--tol) or a fixed number of steps")
-    e.add_argument("--tol", type=float, default=None, help="ij: completeness tolerance of --steps auto (default 1e-3)")
-    e.add_argument("--max-steps", type=int, default=None,
-                   help="ij: most path nodes per text under --steps auto (default 512); a pair that does not reach "
-                        "--tol within it is reported as not converged")
-    e.add_argument("--no-retry-float64", dest="retry_float64", action="store_false", default=None,
-                   help="ij: do not re-run a text in float64 when its float32 path stalls (default: re-run)")
-    e.add_argument("--quadrature", default=None,
-                   choices=["auto", "adaptive_gauss", "riemann_midpoint", "riemann_trapezoid", "riemann_left",
-                            "riemann_right", "gauss_legendre"],
-                   help="ij: auto (default: adaptive_gauss with --steps auto, riemann_midpoint with a fixed count)")
-    e.add_argument("--units", default="token", choices=["token", "word"])
-    e.add_argument("--sim", default="cosine", choices=["cosine", "dot"])
-    e.add_argument("--reference", default="pad", help="'pad' (default), 'zero', or a reference text")
-    e.add_argument("--exact", action="store_true", help="reference-centred model f' = f - f(r)")
-    e.add_argument("--rule", default="cp", choices=["cp", "attnlrp"],
-                   help="bilrp: LRP rule set (cp: CP-LRP, attention probabilities constant; attnlrp: AttnLRP)")
-    e.add_argument("--bias", default=None, choices=["absorb", "epsilon", "epsilon-ln", "redistribute", "redistribute-abs"],
-                   help="bilrp: how biases share relevance (default epsilon-ln; absorb: the authors' CP-LRP)")
-    e.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse", "cross"])
-    e.add_argument("--attention", default="auto", choices=["auto", "fused", "eager"],
-                   help="fused attention kernel (auto: on CUDA with Triton) or eager math")
-    e.add_argument("--contraction", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
-                   help="ij/bilrp reverse mode: Jacobian-contraction kernel (auto: where measured faster)")
-    e.add_argument("--max-memory", default=None, help="working-memory budget, e.g. 4GB")
-    e.add_argument("--batch-size", type=int, default=None, help="tangents x path nodes per chunk")
+    e.add_argument("--method", default="ij", choices=list(METHODS), help="explanation method (default ij)")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     e.add_argument("--max-length", type=int, default=None)
-    e.add_argument("--truncate", action="store_true", help="cut texts over the maximum length (with a warning)")
-    s = e.add_argument_group("set-based methods (maxsim, bertscore, ot)")
-    s.add_argument("--idf-corpus", default=None, help="file with one corpus text per line: idf token weights "
-                   "(bertscore; ot with --mass idf)")
-    s.add_argument("--baseline", default=None, help="bertscore rescaling baseline: 'P,R,F' or a bert-score baseline file")
-    s.add_argument("--skiplist", action="store_true", default=None, help="maxsim: skip punctuation tokens of the document")
-    s.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
-                   help="maxsim: raw dot products instead of cosines")
-    s.add_argument("--special", action=argparse.BooleanOptionalAction, default=None,
-                   help="maxsim: [CLS]/[SEP] take part in the matching (default yes); ot: they get mass (default no)")
-    s.add_argument("--solver", default=None, choices=["auto", "emd", "sinkhorn"], help="ot solver (default auto: emd with POT)")
-    s.add_argument("--eps", type=float, default=None, help="ot: Sinkhorn entropic regularisation (default 0.01)")
-    s.add_argument("--mass", default=None, choices=["uniform", "idf"], help="ot: token masses (default uniform)")
-    s.add_argument("--threshold", type=float, default=None,
-                   help="ot: alignment threshold, share of a token's mass (default 0.5)")
-    s.add_argument("--aggregate", default=None, choices=["sum", "mean", "max"],
-                   help="subword-to-word aggregation with --units word (maxsim/bertscore: max, ot: sum)")
-    s.add_argument("--backend", default=None, choices=["auto", "torch", "cpp", "triton"],
-                   help="maxsim/bertscore: MaxSim kernel (default auto)")
+    group = e.add_argument_group("method options (docs/options.md; each says which methods take it)")
+    global _OPTION_NAMES
+    _OPTION_NAMES = options.add_arguments(group, OPTIONS)
     return e
 
 
-#: command-line destination -> method option name (None: not a method option)
-_OPTION_NAMES = {"layer": "layer", "steps": "steps", "tol": "tol", "max_steps": "max_steps", "retry_float64": "retry_float64", "quadrature": "quadrature", "units": "units",
-                 "sim": "sim", "reference": "reference", "exact": "exact", "mode": "mode", "max_memory": "max_memory",
-                 "batch_size": "internal_batch_size", "truncate": "truncate", "idf_corpus": "idf",
-                 "baseline": "baseline", "skiplist": "skiplist", "normalize": "normalize", "special": "special", "solver": "solver", "eps": "eps", "mass": "mass", "threshold": "threshold",
-                 "aggregate": "aggregate", "backend": "backend", "attention": "attention", "rule": "rule", "bias": "bias",
-                 "contraction": "contraction"}
+#: command-line destination -> method option name (filled by `_add_options` from the methods' tables)
+_OPTION_NAMES = {}
 
 
 def _method_options(args, argv):
-    """(explicit, soft): options the user gave (must be taken by the method) and CLI defaults (dropped when the
-    method does not take them)."""
-    given = vars(_parser(suppress=True).parse_args(argv))
-    explicit, soft = {}, {}
+    """The method options given on the command line (each must be taken by the method; the others keep the
+    method's defaults), files read: --idf-corpus FILE as its texts, --baseline as a file or 'P,R,F'."""
+    explicit = {}
     for dest, name in _OPTION_NAMES.items():
         value = getattr(args, dest, None)
-        if dest == "idf_corpus" and value is not None:
+        if value is None:
+            continue
+        if dest == "idf_corpus":
             value = _read_corpus(value)
-        if dest == "baseline" and value is not None:
+        if dest == "baseline":
             value = value if _is_file(value) else _floats3(value)
-        if dest in given:
-            explicit[name] = value
-        elif value is not None:
-            soft[name] = value
-    return explicit, soft
+        explicit[name] = value
+    return explicit
 
 
 def _is_file(path):
@@ -186,13 +121,11 @@ def _explainer(args, argv):
     """(Explainer, explicit options, soft options); options the method does not take fail before the model loads."""
     import torch
 
-    from .api import Explainer, select_options
-    from .methods import METHODS
+    from .api import Explainer, resolve_options
 
-    explicit, soft = _method_options(args, argv)
-    explicit.pop("method", None)
-    if args.method in METHODS:
-        select_options(args.method, METHODS[args.method], explicit)
+    explicit = _method_options(args, argv)
+    resolve_options(args.method, explicit)  # a bad option fails before the model loads
+    soft = {}
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
                    max_length=args.max_length)
@@ -402,6 +335,10 @@ def main(argv=None) -> int:
             return _explain(args, argv)
         if args.command == "explain-many":
             return _explain_many(args, argv)
+        if args.command == "options":
+            from .options import markdown, tables
+            sys.stdout.write(markdown(tables()))
+            return 0
         return _info(args)
     except SimattrError as exc:
         print(f"simattr: error: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ import torch
 
 from .encoders import prepared
 from .errors import SimattrError
+from .options import PerSide, side
 
 ORDERS = ("most", "least", "random")
 
@@ -94,7 +95,9 @@ def _sides(explainer, a, b, layer, reference, units, sim, truncate):
         raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
     if not isinstance(units, str) or units not in ("token", "word"):
         raise SimattrError(f"faithfulness needs token or word units, got {units!r}")
-    ref_a, ref_b = tuple(reference) if isinstance(reference, (tuple, list)) else (reference, reference)
+    if isinstance(reference, (tuple, list)):
+        raise SimattrError("one reference for both texts, or PerSide(ref_a, ref_b) for one each")
+    ref_a, ref_b = side(reference, 0), side(reference, 1)
     enc_a, enc_b = explainer.encoder_a, explainer.encoder_b
     sa = prepare_side(enc_a, a, layer, ref_a, units, sim == "cosine", truncate)
     sb = prepare_side(enc_b, b, layer, ref_b, units, sim == "cosine", truncate)
@@ -179,7 +182,7 @@ def _from_settings(explanation, layer, reference, sim):
 def _reference_of(described):
     """The reference option back from its description in IJ's settings ("pad", "zero", {"text": ...}, per side)."""
     if isinstance(described, (list, tuple)):
-        return tuple(_reference_of(d) for d in described)
+        return PerSide(*(_reference_of(d) for d in described))
     if described in (None, "pad", "zero"):
         return described
     if isinstance(described, dict) and "text" in described:
@@ -198,7 +201,7 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
     to what the explanation was made with (see `_from_settings`); truncate: as in `explain`; random_runs: shuffled
     deletion orders. The texts must be the ones explained: unit labels are checked.
     """
-    from .methods.ij import _describe
+    from .methods.ij import describe_reference
     units = units or explanation.settings.get("units", "token")
     layer, reference, sim = _from_settings(explanation, layer, reference, sim)
     A = np.asarray(explanation.matrix, dtype=np.float64)
@@ -233,7 +236,7 @@ def faithfulness(explainer, a: str, b: str, explanation, random_runs: int = 10, 
         pearson_rows=float(np.mean(rows)) if rows else float("nan"),
         curves=curves, auc=auc, random_std=float(np.std(rand_areas)) if len(rand_areas) > 1 else None,
         occlusion=occ, settings={"method": explanation.method, "layer": layer, "units": units,
-                                 "reference": _describe(reference), "sim": sim, "random_runs": random_runs,
+                                 "reference": describe_reference(reference), "sim": sim, "random_runs": random_runs,
                                  "seed": seed})
 
 

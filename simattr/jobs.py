@@ -179,8 +179,10 @@ def _bypassed(key) -> bool:
 
 
 def cache_key(*parts):
-    """A job's `cache_key(tower)` from its parts: NO_CACHE if any part is."""
-    return NO_CACHE if any(p is NO_CACHE for p in parts) else parts
+    """A job's `cache_key(tower)` from its parts (values, or (option name, value) pairs from `Options.key`):
+    NO_CACHE if any part or value is."""
+    refused = lambda p: p is NO_CACHE or (isinstance(p, tuple) and len(p) == 2 and p[1] is NO_CACHE)
+    return NO_CACHE if any(refused(p) for p in parts) else parts
 
 
 def tensor_key(t: torch.Tensor):

@@ -10,7 +10,7 @@ ADAPTIVE = "adaptive_gauss"
 #: rules of a fixed step count (steps=N)
 FIXED_RULES = ("riemann_midpoint", "riemann_trapezoid", "riemann_left", "riemann_right", "gauss_legendre")
 RULES = FIXED_RULES + (ADAPTIVE,)
-ALIASES = {"midpoint": "riemann_midpoint", "trapezoid": "riemann_trapezoid", "gausslegendre": "gauss_legendre",
+ALIASES = {"midpoint": "riemann_midpoint", "riemann_middle": "riemann_midpoint", "trapezoid": "riemann_trapezoid", "gausslegendre": "gauss_legendre",
            "left": "riemann_left", "right": "riemann_right",
            "adaptive": ADAPTIVE}
 

@@ -133,9 +133,9 @@ def test_callable_reference_bypasses_the_cache(explainer):
         same(e, explainer.explain(A, B, reference=ref, **IJ))
     assert ex.cache.hits == 0 and not ex.cache.kept
     # one tower's reference a callable, the other's a string: the string tower is still cached
-    e = ex.explain(A, B, reference=(ref, "pad"), **IJ)
+    e = ex.explain(A, B, reference=simattr.PerSide(ref, "pad"), **IJ)
     assert len(ex.cache.kept) == 1
-    same(e, explainer.explain(A, B, reference=(ref, "pad"), **IJ))
+    same(e, explainer.explain(A, B, reference=simattr.PerSide(ref, "pad"), **IJ))
 
 
 # ------------------------------------------------------------------------------------ units

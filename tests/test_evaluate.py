@@ -43,7 +43,7 @@ def test_settings_follow_the_explanation(tokenizer):
     assert f.settings["reference"] == "zero" and f.pearson == pytest.approx(1.0)
     other = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e, random_runs=2, reference="pad")
     assert other.settings["reference"] == "pad" and other.pearson < 0.99  # not what was explained
-    e2 = ex.explain(A_TEXT, B_TEXT, steps=2, sim="dot", reference=("zero", "pad"))
+    e2 = ex.explain(A_TEXT, B_TEXT, steps=2, sim="dot", reference=simattr.PerSide("zero", "pad"))
     f2 = evaluate.faithfulness(ex, A_TEXT, B_TEXT, e2, random_runs=2)
     assert f2.settings["reference"] == ["zero", "pad"] and f2.pearson == pytest.approx(1.0)
 

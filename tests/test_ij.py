@@ -189,7 +189,7 @@ def test_word_units_are_sums_of_token_units(explainer):
 
 
 def test_span_units(explainer):
-    e = explainer.explain(A, B, steps=4, units=([(1, 3)], "token"))
+    e = explainer.explain(A, B, steps=4, units=simattr.PerSide([(1, 3)], "token"))
     assert len(e.tokens_a) == 4 and len(e.tokens_b) == 5
 
 
@@ -202,7 +202,7 @@ def test_references(explainer):
     assert ez.terms["s(r_a,r_b)"] == pytest.approx(1.0, abs=1e-5)
     et = explainer.explain(A, B, steps=32, reference="nothing here")
     assert et.settings["reference"] == {"text": "nothing here"}
-    eu = explainer.explain(A, B, steps=16, reference=(0.5 * x[0], None))
+    eu = explainer.explain(A, B, steps=16, reference=simattr.PerSide(0.5 * x[0], None))
     ep = explainer.explain(A, B, steps=16)
     assert not np.allclose(eu.matrix, ep.matrix)
     for e in (et, eu):

@@ -274,7 +274,7 @@ def test_cross_passes_only_for_active_units(explainer):
     assert len(cross) == 1 and cross[0]["reason"].startswith("cross mode: 1 cotangents")
     np.testing.assert_allclose(e.matrix, explainer.explain("dogs", DOCS[0], steps=2, mode="forward").matrix,
                                atol=1e-6)
-    z = explainer.explain("cats purr", DOCS[0], steps=2, reference=("cats purr", "pad"))
+    z = explainer.explain("cats purr", DOCS[0], steps=2, reference=simattr.PerSide("cats purr", "pad"))
     assert "none" in z.settings["mode"] and not z.matrix.any()
     assert z.error == pytest.approx(abs(z.terms["s(a,b)"] - z.terms["s(a,r_b)"] - z.terms["s(r_a,b)"]
                                         + z.terms["s(r_a,r_b)"]), abs=1e-12)

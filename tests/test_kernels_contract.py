@@ -257,7 +257,7 @@ def test_real_minilm_gradients(explainer, backend):
 
 
 def test_engine_rejects_unknown_contraction(explainer):
-    with pytest.raises(simattr.SimattrError, match="unknown contraction backend"):
+    with pytest.raises(simattr.SimattrError, match="contraction='fast' of method 'ij': choose one of"):
         explainer.explain("a b", "c d", method="ij", contraction="fast")
 
 

@@ -3,14 +3,16 @@ weights (uniform or idf from a user corpus), skiplists, and the per-pair bookkee
 from __future__ import annotations
 
 import math
+import time
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ..align import postprocess
 from ..embed import TokenBatch, token_embeddings
 from ..errors import SimattrError
 
@@ -63,6 +65,23 @@ def embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size=64) 
     if A.embeddings.device != B.embeddings.device:
         raise SimattrError(f"the two towers are on different devices ({A.embeddings.device}, {B.embeddings.device})")
     return Sides(A, B, n)
+
+
+def explain_pairs(enc_a, enc_b, texts_a, texts_b, *, layer, truncate, batch_size, units: str, aggregate: str,
+                  batch: Callable, pair: Callable) -> list:
+    """The set-based methods' one loop over pairs: both sides' texts embedded in padded batches (`embed_sides`),
+    `batch(sides)` computes the whole batch at once (its state), `pair(state, sides, k, ta, tb, seconds)` makes
+    pair k's Explanation from it (token matrix), aggregated to words when units="word". `seconds` is the pair's
+    share of the batch's time."""
+    t0 = time.perf_counter()
+    sides = embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size)
+    state = batch(sides)
+    seconds = (time.perf_counter() - t0) / sides.n
+    out = []
+    for k in range(sides.n):
+        ex = pair(state, sides, k, sides.A.tokens[sides.ia(k)], sides.B.tokens[sides.ib(k)], seconds)
+        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
+    return out
 
 
 def l2(x: Tensor) -> Tensor:

@@ -9,16 +9,16 @@ user-given baseline (P, R, F) or a bert-score baseline file. With the same model
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import ops
-from ..align import postprocess
 from ..errors import SimattrError
 from ..explanation import Explanation
+from ..options import Cli, Option, Options, one_of
+from .common_options import MAXSIM_BACKENDS, idf_weights, set_options
 from . import _setbased as sb
 
 
@@ -86,25 +86,25 @@ def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[in
 
     idf: None (uniform), True (idf over the references texts_b, like bert_score's idf=True), a list of corpus
     texts, or a dict {token id or token: weight}."""
-    t0 = time.perf_counter()
     sb.check_backend(backend)
     if units not in ("token", "word"):
         raise SimattrError(f"units must be 'token' or 'word', got {units!r}")
-    sides = sb.embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size)
-    A, B = sides.A, sides.B
-    base = read_baseline(baseline, A.layer)
-    refs = [t.text for t in B.tokens]
-    table_a = sb.resolve_idf(enc_a, idf, refs)
-    table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, idf, refs)
-    wa = sb.pad_rows([sb.token_weights(enc_a, t, table_a) for t in A.tokens])
-    wb = sb.pad_rows([sb.token_weights(enc_b, t, table_b) for t in B.tokens])
-    which = ops.choose_maxsim_backend(A.embeddings.device.type, torch.float32, backend,
-                                      ops.mask_density(A.embeddings, B.embeddings, A.mask, B.mask))
-    res = bertscore_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, backend=which)
-    seconds = time.perf_counter() - t0
-    out = []
-    for k in range(sides.n):
-        ta, tb = A.tokens[sides.ia(k)], B.tokens[sides.ib(k)]
+
+    def batch(sides):
+        A, B = sides.A, sides.B
+        base = read_baseline(baseline, A.layer)
+        refs = [t.text for t in B.tokens]
+        table_a = sb.resolve_idf(enc_a, idf, refs)
+        table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, idf, refs)
+        wa = sb.pad_rows([sb.token_weights(enc_a, t, table_a) for t in A.tokens])
+        wb = sb.pad_rows([sb.token_weights(enc_b, t, table_b) for t in B.tokens])
+        which = ops.choose_maxsim_backend(A.embeddings.device.type, torch.float32, backend,
+                                          ops.mask_density(A.embeddings, B.embeddings, A.mask, B.mask))
+        return base, which, bertscore_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, backend=which)
+
+    def pair(state, sides, k, ta, tb, seconds):
+        base, which, res = state
+        A, B = sides.A, sides.B
         a = sb.l2(A.embeddings[sides.ia(k), : ta.length].double())
         b = sb.l2(B.embeddings[sides.ib(k), : tb.length].double())
         S = (a @ b.T).cpu().numpy()
@@ -126,13 +126,14 @@ def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[in
                   "alignment": {"precision": sb.pairs_list(la, lb, S, p_pairs, weight=[w_a[i] for i, _ in p_pairs]),
                                 "recall": sb.pairs_list(la, lb, S, r_pairs, weight=[w_b[j] for _, j in r_pairs])},
                   "weights_a": w_a.tolist(), "weights_b": w_b.tolist(),
-                  "token_info": sb.token_info(ta, tb), "seconds": seconds / sides.n}
+                  "token_info": sb.token_info(ta, tb), "seconds": seconds}
         if base is not None:
             extras["raw_scores"] = raw
-        ex = Explanation(method="bertscore", matrix=S, tokens_a=la, tokens_b=lb, score=scores["f1"],
-                         settings=settings, extras=extras)
-        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
-    return out
+        return Explanation(method="bertscore", matrix=S, tokens_a=la, tokens_b=lb, score=scores["f1"],
+                           settings=settings, extras=extras)
+
+    return sb.explain_pairs(enc_a, enc_b, texts_a, texts_b, layer=layer, truncate=truncate, batch_size=batch_size,
+                            units=units, aggregate=aggregate, batch=batch, pair=pair)
 
 
 def _describe_idf(idf):
@@ -151,3 +152,20 @@ def explain_bertscore(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional
     """BERTScore of candidate a against reference b; see the module docstring."""
     return explain_bertscore_many(enc_a, enc_b, [text_a], [text_b], layer=layer, idf=idf, baseline=baseline,
                                   truncate=truncate, backend=backend, units=units, aggregate=aggregate)[0]
+
+
+def _baseline(v):
+    if v is None or isinstance(v, (str, dict)) or (isinstance(v, (list, tuple)) and len(v) == 3):
+        return v
+    raise ValueError("None, a bert-score baseline file, (P, R, F) or a dict of them")
+
+
+OPTIONS = Options("bertscore", [
+    Option("idf", None, "token weights: None (uniform), True (idf over the references), a list of corpus texts "
+           "or a dict", idf_weights, cli=Cli(flag="--idf-corpus", dest="idf_corpus",
+                                      help="file with one corpus text per line: idf token weights")),
+    Option("baseline", None, "rescaling baseline: a bert-score baseline file or (P, R, F)", _baseline,
+           cli=Cli(help="rescaling baseline: 'P,R,F' or a bert-score baseline file")),
+    Option("backend", "auto", "MaxSim kernel of the greedy matching (auto: where measured faster)",
+           one_of(*MAXSIM_BACKENDS)),
+] + set_options(aggregate="max"))

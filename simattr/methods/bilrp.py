@@ -31,13 +31,14 @@ import torch
 from torch import Tensor
 
 from .. import engine, jobs, rules
-from ..contraction import check_backend as check_contraction
 from ..encoders import CallableEncoder, Encoder, Tokens, prepared
 from ..errors import SimattrError, warn
 from ..explanation import Explanation
+from ..options import Option, Options, one_of
+from .common_options import path_options
+from .path import Path, PathJob
 from ..units import Units, make_units
 
-SIMS = ("cosine", "dot")
 #: the bias setting BiLRP runs with unless told (`simattr.rules.BIASES`), chosen by benchmarks/bench_bilrp_rules.py
 #: (8 pairs, rule cp, occlusion by `simattr.evaluate.faithfulness`): "epsilon-ln" (ε = 0.03) beats the authors'
 #: "absorb" on all-mpnet-base-v2 at layers 0 and 4 in conservation (median |Σ A / f̃(a)·f̃(b) − 1| 0.26 and 0.17
@@ -68,12 +69,6 @@ class Side:
     f: Optional[Callable] = None  # the modified network f̃ (set by the job)
     fmod: Optional[Tensor] = None  # f̃(x): equal to fx up to rounding (checked)
     shape: Optional[engine.Shape] = None
-
-
-def check_sim(sim: str) -> str:
-    if sim not in SIMS:
-        raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
-    return sim
 
 
 def check_encoder(encoder: Encoder):
@@ -130,32 +125,31 @@ def relevance(f: Callable, x: Tensor, units: Units, out_dim: int, p: engine.Plan
     return engine.path_attribution(f, x, torch.zeros_like(x), [0.0], [1.0], units.matrix, out_dim, p, tangent=x)
 
 
-class BiLRPJob:
+#: the options of method="bilrp" (simattr.options): API checks, command line, cache key and docs/options.md
+OPTIONS = Options("bilrp", [
+    Option("rule", "cp", "LRP rule set: 'cp' (CP-LRP: attention probabilities and LayerNorm scales constant) or "
+           "'attnlrp' (AttnLRP)", one_of(*rules.RULES), in_key=True),
+    Option("bias", DEFAULT_BIAS, "how biases share relevance: 'absorb' (the authors' CP-LRP), 'epsilon', "
+           "'epsilon-ln', 'redistribute', 'redistribute-abs'", one_of(*rules.BIASES), in_key=True),
+] + path_options())
+
+
+class BiLRPJob(PathJob):
     """BiLRP for one job — one pair or many, one set of options — as the hooks of `simattr.jobs.run`.
 
     The rules are active only around the passes (and the check of each text's modified output): each text's
     `fx` is the plain model's embedding, computed without them."""
 
-    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, units="token", sim: str = "cosine",
-                 rule: str = "cp", bias: str = DEFAULT_BIAS, mode: str = "auto", max_memory=None, internal_batch_size=None,
-                 truncate: bool = False, contraction: str = "auto", attention: str = "auto"):
-        check_sim(sim)
-        rules.check_rule(rule)
-        rules.check_bias(bias)
-        check_contraction(contraction)
-        if mode not in engine.PAIR_MODES:
-            raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
+    table = OPTIONS
+
+    def __init__(self, enc_a: Encoder, enc_b: Encoder, **options):
+        super().__init__(enc_a, enc_b, options)
+        o = self.options
         for enc in (enc_a, enc_b):
             check_encoder(enc)
-        self.encoders = (enc_a, enc_b)
-        self.units = units if isinstance(units, tuple) else (units, units)
-        self.units_option = units
-        self.layer, self.sim, self.rule, self.mode, self.truncate = layer, sim, rule, mode, truncate
-        self.bias = bias
-        self.budget = engine.parse_memory(max_memory)
-        self.batch_size, self.contraction = internal_batch_size, contraction
-        self.attn = "fused" if all(choose_attention(e, attention, rule) == "fused" for e in self.encoders) else "eager"
-        self.out_dim = None
+        self.rule, self.bias = o.rule, o.bias
+        self.attn = "fused" if all(choose_attention(e, o.attention, o.rule) == "fused" for e in self.encoders) \
+            else "eager"
         same = enc_b is enc_a
         self.roots = [enc_a.model, enc_a.head] + ([] if same else [enc_b.model, enc_b.head])
 
@@ -168,19 +162,17 @@ class BiLRPJob:
     def rules_applied(self):
         return rules.applied(self.roots, self.rule, fused_attention=self.attn == "fused", bias=self.bias)
 
-    def tower_key(self, tower: int):
-        same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.units[0], self.units[1])
-        return 0 if same else tower
+    around = rules_applied  # the passes run under the LRP rules
+
+    def path(self, side: Side) -> Path:
+        """One step at x: gradient x input of the modified network (the tangent is x itself)."""
+        return Path(side.f, side.x, torch.zeros_like(side.x), [0.0], [1.0], tangent=side.x)
 
     def cache_key(self, tower: int):
         """By value (`jobs.GCache`): the model's weights fingerprint; NO_CACHE (not kept) for callable units."""
         enc = self.encoders[tower]
-        return jobs.cache_key("bilrp", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
-                              self.sim, self.rule, self.bias, rules.bias_constants(self.bias),
-                              jobs.option_key(self.units[tower]), self.truncate)
-
-    def text_cache_key(self, tower: int, text: str):
-        return None  # a text's G depends on nothing job-wide
+        return jobs.cache_key("bilrp", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device),
+                              rules.bias_constants(self.bias), *OPTIONS.key(self.options, tower, jobs.option_key))
 
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
@@ -199,30 +191,6 @@ class BiLRPJob:
 
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(len(side.units), side.tokens.length)
-
-    def begin(self, sides, pair_ids: list):
-        self.budget = self.budget or engine.default_budget(sides[pair_ids[0][0]].x.device)
-
-    def attribution(self, side: Side):
-        p = engine.plan(len(side.units), 1, side.shape, mode=self.mode if self.mode in engine.MODES else "auto",
-                        budget=self.budget, batch_size=self.batch_size, device=side.x.device,
-                        contraction=self.contraction)
-        with self.rules_applied():
-            G = relevance(side.f, side.x, side.units, self.out_dim, p)
-        return G, p.as_dict()
-
-    def cross(self, Gs: list, other: Side):
-        """VJPs of the modified network on `other` with the known sides' G columns as cotangents (one run):
-        Gᵀ G_other for each G."""
-        D = self.out_dim
-        cot = torch.cat([G.T for G in Gs])
-        p = engine.plan(D + 1, 1, other.shape, mode="reverse", budget=self.budget, batch_size=self.batch_size,
-                        device=other.x.device, contraction=self.contraction)
-        p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
-        with self.rules_applied():
-            M = engine.path_attribution(other.f, other.x, torch.zeros_like(other.x), [0.0], [1.0],
-                                        other.units.matrix, D, p, tangent=other.x, cotangents=cot)
-        return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
 
     def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
         total = float(A.sum())

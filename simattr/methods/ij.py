@@ -16,10 +16,14 @@ from torch import Tensor
 
 from .. import engine, jobs
 from .. import quadrature as quad
-from ..contraction import check_backend as check_contraction
 from ..encoders import Encoder, Tokens, prepared
 from ..errors import SimattrError, warn
 from ..explanation import Explanation
+from ..options import Cli, Option, Options, PerSide, boolean, integer, one_of, positive_number
+from ..options import side as side_value
+from ..options import steps as steps_option
+from .common_options import path_options
+from .path import Path, PathJob
 from ..references import reference as make_reference
 from ..units import Units, make_units
 
@@ -141,48 +145,71 @@ def _stalled(errors: list, target: float) -> bool:
                 and errors[-1] > 0.5 * min(errors[:-STALL_REFINEMENTS]))
 
 
-class IJJob:
-    """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `jobs.run`."""
+def _cli_steps(value: str):
+    """--steps: 'auto' or a positive integer (argparse reports a ValueError as an invalid value)."""
+    return value if value == "auto" else int(value)
 
-    def __init__(self, enc_a: Encoder, enc_b: Encoder, *, layer: int = 0, steps="auto",
-                 quadrature: str = "auto", reference=None, units="token", sim: str = "cosine",
-                 exact: bool = False, mode: str = "auto", max_memory=None, internal_batch_size=None,
-                 tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS, truncate: bool = False,
-                 attention: str = "auto", contraction: str = "auto", retry_float64: bool = True):
-        if sim not in ("cosine", "dot"):
-            raise SimattrError(f"sim must be 'cosine' or 'dot', got {sim!r}")
+
+_cli_steps.__name__ = "steps ('auto' or an integer)"  # argparse: "invalid steps ('auto' or an integer) value"
+
+
+def _reference(v):
+    """None / "pad", "zero", a reference text, a tensor [S, H] or [1, S, H], or a callable (tokens, x) -> tensor."""
+    if isinstance(v, (tuple, list)):
+        raise ValueError("one reference for both texts, or PerSide(ref_a, ref_b) for one each")
+    if v is None or isinstance(v, (str, torch.Tensor)) or callable(v):
+        return v
+    raise ValueError("use 'pad', 'zero', a reference text, a tensor or a callable (tokens, x) -> tensor")
+
+
+#: the options of method="ij" (simattr.options): API checks, command line, cache key and docs/options.md from here
+OPTIONS = Options("ij", [
+    Option("steps", "auto", "'auto': path nodes placed per text until the completeness error is under tol; or a "
+           "fixed number of steps", steps_option, in_key=True, aliases=("n_steps",), cli=Cli(type=_cli_steps)),
+    Option("tol", DEFAULT_TOL, "completeness tolerance of steps='auto' (absolute, on the similarity's scale)",
+           positive_number, in_key=True, cli=Cli(type=float)),
+    Option("max_steps", DEFAULT_MAX_STEPS, "most path nodes per text under steps='auto'; a pair that does not reach "
+           "tol within it is reported as not converged", integer(1), in_key=True, cli=Cli(type=int)),
+    Option("retry_float64", True, "under steps='auto', a text whose float32 rule stalls (precision, not nodes) is "
+           "re-run in a float64 copy of the model", boolean, in_key=True,
+           cli=Cli(flag="--no-retry-float64", action="store_false", dest="retry_float64",
+                   help="do not re-run a text in float64 when its float32 path stalls")),
+    Option("quadrature", "auto", "path rule: 'auto' (adaptive_gauss with steps='auto', riemann_midpoint with a "
+           "fixed count), adaptive_gauss, or a fixed rule", one_of("auto", *quad.RULES, aliases=quad.ALIASES),
+           in_key=True, aliases=("method_quadrature",)),
+    Option("reference", None, "'pad' (non-special tokens replaced by the pad token), 'zero', a reference text, a "
+           "tensor [S, H] or a callable (tokens, x) -> tensor", _reference, per_side=True, in_key=True,
+           aliases=("baselines",), doc_default="pad"),
+    Option("exact", False, "reference-centred model f' = f - f(r): the matrix sums to f'(a)·f'(b)", boolean,
+           cli=Cli(action="store_true")),
+] + path_options())
+
+
+class IJJob(PathJob):
+    """Integrated Jacobians for one job — one pair or many, one set of options — as the hooks of `jobs.run`: the
+    straight path from r to x, its nodes per text (adaptive) or per job (a fixed rule)."""
+
+    table = OPTIONS
+    per_side = ("reference", "units")
+
+    def __init__(self, enc_a: Encoder, enc_b: Encoder, **options):
+        super().__init__(enc_a, enc_b, options)
+        o = self.options
+        steps, quadrature = o.steps, o.quadrature
         if quadrature == "auto":  # adaptive Gauss nodes per text for steps="auto", uniform midpoints for steps=N
             quadrature = quad.ADAPTIVE if steps == "auto" else "riemann_midpoint"
         self.rule = quad.canonical(quadrature)
         if self.rule == quad.ADAPTIVE and steps != "auto":
             raise SimattrError(f"quadrature {quad.ADAPTIVE!r} places its own nodes: it needs steps='auto', got "
                                f"steps={steps!r}")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < float(tol) < float("inf"):
-            raise SimattrError(f"tol must be a positive number, got {tol!r}")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-            raise SimattrError(f"max_steps must be a positive integer, got {max_steps!r}")
-        self.max_steps = int(max_steps)
-        if not isinstance(retry_float64, (bool, np.bool_)):
-            raise SimattrError(f"retry_float64 must be True or False, got {retry_float64!r}")
-        self.retry_float64 = bool(retry_float64)
-        check_contraction(contraction)
-        if not (steps == "auto" or (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
-                                    and steps >= 1)):
-            raise SimattrError(f"steps must be a positive integer or 'auto', got {steps!r}")
-        if mode not in engine.PAIR_MODES:
-            raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(engine.PAIR_MODES)}")
-        self.encoders = (enc_a, enc_b)
-        self.refs = tuple(reference) if isinstance(reference, (tuple, list)) else (reference, reference)
-        self.units = units if isinstance(units, tuple) else (units, units)
-        self.reference, self.units_option = reference, units
-        self.layer, self.steps, self.sim, self.exact, self.mode, self.tol = layer, steps, sim, exact, mode, float(tol)
+        self.max_steps, self.retry_float64 = o.max_steps, o.retry_float64
+        self.refs = (side_value(o.reference, 0), side_value(o.reference, 1))
+        self.reference = o.reference
+        self.steps, self.exact, self.tol, self.attention = steps, o.exact, o.tol, o.attention
         self.node_sets = {}  # text key -> (alphas, weights, info) under the adaptive rule
         self.wide = {}  # text key -> its Side in float64 (a stalled float32 path re-run: `retry_wide`)
         self.twins = {}  # tower -> the float64 copy of its encoder (made once per job, dropped with the context)
-        self.budget = engine.parse_memory(max_memory)
-        self.batch_size, self.truncate, self.attention, self.contraction = \
-            internal_batch_size, truncate, attention, contraction
-        self.out_dim, self.history, self.attn = None, None, ("eager", "eager")
+        self.history, self.attn = None, ("eager", "eager")
 
     @contextlib.contextmanager
     def context(self):
@@ -196,19 +223,14 @@ class IJJob:
             finally:
                 self.twins.clear()
 
-    def tower_key(self, tower: int):
-        same = self.encoders[0] is self.encoders[1] and jobs.same_option(self.refs[0], self.refs[1]) \
-            and jobs.same_option(self.units[0], self.units[1])
-        return 0 if same else tower
-
     def cache_key(self, tower: int):
         """By value (`jobs.GCache`): the model's weights fingerprint, a reference tensor's contents; NO_CACHE (not
         kept) when the tower's reference or units is a callable."""
         enc = self.encoders[tower]
-        steps = ("auto", self.tol, self.max_steps, ADAPTIVE_ORDER) if self.rule == quad.ADAPTIVE else self.n_steps
-        return jobs.cache_key("ij", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.layer,
-                              steps, self.rule, self.sim, jobs.option_key(self.refs[tower]),
-                              jobs.option_key(self.units[tower]), self.truncate)
+        # the options marked in_key (OPTIONS) and what they resolve to: the rule, the job's step count
+        steps = (ADAPTIVE_ORDER, STALL_REFINEMENTS) if self.rule == quad.ADAPTIVE else self.n_steps
+        return jobs.cache_key("ij", jobs.model_fingerprint(enc), str(enc.dtype), str(enc.device), self.rule, steps,
+                              *OPTIONS.key(self.options, tower, jobs.option_key))
 
     def text_cache_key(self, tower: int, text: str):
         """A text's adaptive nodes (their dtype, alphas and weights): under sim="dot" its target depends on its
@@ -297,29 +319,12 @@ class IJJob:
             return al, w
         return self.alphas, self.weights
 
-    def attribution(self, side: Side):
-        side = self.wide.get(side.key, side)
+    def path(self, side: Side) -> Path:
         alphas, weights = self.nodes_of(side)
-        p = engine.plan(len(side.units), len(alphas), side.shape,
-                        mode=self.mode if self.mode in engine.MODES else "auto", budget=self.budget,
-                        batch_size=self.batch_size, device=side.x.device, contraction=self.contraction)
-        G = engine.path_attribution(side.f, side.r, side.delta, alphas, weights, side.units.matrix,
-                                    self.out_dim, p)
-        return G, p.as_dict()
+        return Path(side.f, side.r, side.delta, alphas, weights)
 
-    def cross(self, Gs: list, other: Side):
-        """VJPs on `other` with the columns of the known sides' G's as cotangents, in one reverse-mode run:
-        M[j, u] = Σ_n w_n ⟨J_other(x_n)ᵀ G[:, j], T_u⟩ = (Gᵀ G_other)[j, u], split back per G."""
-        D = self.out_dim
-        other = self.wide.get(other.key, other)
-        cot = torch.cat([G.T.to(other.x.dtype) for G in Gs])
-        alphas, weights = self.nodes_of(other)
-        p = engine.plan(D + 1, len(alphas), other.shape, mode="reverse", budget=self.budget,
-                        batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
-        p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
-        M = engine.path_attribution(other.f, other.r, other.delta, alphas, weights, other.units.matrix,
-                                    D, p, cotangents=cot)
-        return list(M.split([G.shape[1] for G in Gs])), dict(p.as_dict(), mode="cross-reverse")
+    def pass_side(self, side: Side) -> Side:
+        return self.wide.get(side.key, side)
 
     def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
         score = float((a.fx.double() * b.fx.double()).sum())
@@ -357,7 +362,7 @@ class IJJob:
             warn(note)
         settings = {"layer": self.layer, "steps": "auto" if adaptive else self.n_steps, "quadrature": self.rule,
                     "sim": self.sim, "max_steps": self.max_steps if auto else None,
-                    "exact": self.exact, "reference": _describe(self.reference),
+                    "exact": self.exact, "reference": describe_reference(self.reference),
                     "units": self.units_option if isinstance(self.units_option, str) else "spans",
                     "mode": [p["mode"] for p in plans], "tol": self.tol if auto else None,
                     "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
@@ -385,11 +390,11 @@ def active_units(side: Side) -> int:
     return len(engine.active_units(side.units.matrix, side.delta))
 
 
-def _describe(ref):
+def describe_reference(ref):
     if ref is None:
         return "pad"
-    if isinstance(ref, (tuple, list)):
-        return [_describe(r) for r in ref]
+    if isinstance(ref, PerSide):
+        return [describe_reference(r) for r in ref]
     if isinstance(ref, str):
         return ref if ref in ("pad", "zero") else {"text": ref}
     return type(ref).__name__

@@ -8,16 +8,16 @@ towers (the API's `model` and `model_b`). No backward pass.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import ops
-from ..align import postprocess
 from ..errors import SimattrError
 from ..explanation import Explanation
+from ..options import Cli, Option, Options, boolean, one_of
+from .common_options import MAXSIM_BACKENDS, set_options
 from . import _setbased as sb
 
 
@@ -36,32 +36,33 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
                         skiplist=False, special: bool = True, truncate: bool = False, backend: str = "auto",
                         units: str = "token", aggregate: str = "max", batch_size: int = 64) -> list:
     """One Explanation per pair (texts a: queries, texts b: documents; one text on a side is broadcast)."""
-    t0 = time.perf_counter()
     sb.check_backend(backend)
-    sides = sb.embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size)
-    A, B = sides.A, sides.B
-    Q = sb.l2(A.embeddings) if normalize else A.embeddings
-    C = sb.l2(B.embeddings) if normalize else B.embeddings
-    qmask = A.mask.clone()
-    cmask = B.mask.clone()
-    for k, t in enumerate(A.tokens):
-        if not special:
-            qmask[k, : t.length] &= ~torch.tensor(t.special, device=qmask.device)
-    for k, t in enumerate(B.tokens):
-        drop = torch.tensor(sb.skip_mask(t, skiplist), device=cmask.device)
-        if not special:
-            drop |= torch.tensor(t.special, device=cmask.device)
-        cmask[k, : t.length] &= ~drop
-    if not bool(qmask.any(-1).all()):
-        raise SimattrError("a query has no token left (special=False on a text of special tokens only?)")
-    if not bool(cmask.any(-1).all()):
-        raise SimattrError("a document has no token left after the skiplist")
-    which = ops.choose_maxsim_backend(Q.device.type, Q.dtype, backend, ops.mask_density(Q, C, qmask, cmask))
-    scores, values, index = maxsim_batch(Q, qmask, C, cmask, backend=which)
-    seconds = time.perf_counter() - t0
-    out = []
-    for k in range(sides.n):
-        ta, tb = A.tokens[sides.ia(k)], B.tokens[sides.ib(k)]
+    if units not in ("token", "word"):
+        raise SimattrError(f"units must be 'token' or 'word' for maxsim, got {units!r}")
+
+    def batch(sides):
+        A, B = sides.A, sides.B
+        Q = sb.l2(A.embeddings) if normalize else A.embeddings
+        C = sb.l2(B.embeddings) if normalize else B.embeddings
+        qmask = A.mask.clone()
+        cmask = B.mask.clone()
+        for k, t in enumerate(A.tokens):
+            if not special:
+                qmask[k, : t.length] &= ~torch.tensor(t.special, device=qmask.device)
+        for k, t in enumerate(B.tokens):
+            drop = torch.tensor(sb.skip_mask(t, skiplist), device=cmask.device)
+            if not special:
+                drop |= torch.tensor(t.special, device=cmask.device)
+            cmask[k, : t.length] &= ~drop
+        if not bool(qmask.any(-1).all()):
+            raise SimattrError("a query has no token left (special=False on a text of special tokens only?)")
+        if not bool(cmask.any(-1).all()):
+            raise SimattrError("a document has no token left after the skiplist")
+        which = ops.choose_maxsim_backend(Q.device.type, Q.dtype, backend, ops.mask_density(Q, C, qmask, cmask))
+        return (Q, C, qmask, cmask, which) + tuple(maxsim_batch(Q, qmask, C, cmask, backend=which))
+
+    def pair(state, sides, k, ta, tb, seconds):
+        Q, C, qmask, cmask, which, scores, values, index = state
         q = Q[sides.ia(k), : ta.length].double()
         c = C[sides.ib(k), : tb.length].double()
         S = (q @ c.T).cpu().numpy()
@@ -72,7 +73,8 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
         pairs = [(i, int(idx[i])) for i in range(ta.length) if qm[i] and idx[i] >= 0]
         n_q = int(qm.sum())
         score = float(v.sum())
-        settings = {"layer": A.layer, "normalize": normalize, "skiplist": skiplist if not isinstance(skiplist, (set, frozenset)) else sorted(skiplist),
+        settings = {"layer": sides.A.layer, "normalize": normalize,
+                    "skiplist": skiplist if not isinstance(skiplist, (set, frozenset)) else sorted(skiplist),
                     "special": special, "backend": which, "query": "a", "model_a": enc_a.describe(),
                     "model_b": enc_b.describe() if enc_b is not enc_a else "same",
                     "dtype": str(Q.dtype).replace("torch.", ""), "device": str(Q.device)}
@@ -80,13 +82,12 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
                   "alignment": sb.pairs_list(la, lb, S, pairs),
                   "contributions": [float(x) if m else 0.0 for x, m in zip(v, qm)],
                   "document_mask": cmask[sides.ib(k), : tb.length].cpu().tolist(),
-                  "token_info": sb.token_info(ta, tb), "seconds": seconds / sides.n}
-        ex = Explanation(method="maxsim", matrix=S, tokens_a=la, tokens_b=lb, score=score, settings=settings,
-                         extras=extras)
-        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
-        if units not in ("token", "word"):
-            raise SimattrError(f"units must be 'token' or 'word' for maxsim, got {units!r}")
-    return out
+                  "token_info": sb.token_info(ta, tb), "seconds": seconds}
+        return Explanation(method="maxsim", matrix=S, tokens_a=la, tokens_b=lb, score=score, settings=settings,
+                           extras=extras)
+
+    return sb.explain_pairs(enc_a, enc_b, texts_a, texts_b, layer=layer, truncate=truncate, batch_size=batch_size,
+                            units=units, aggregate=aggregate, batch=batch, pair=pair)
 
 
 def explain_maxsim(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional[int] = None, normalize: bool = True,
@@ -96,3 +97,21 @@ def explain_maxsim(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional[in
     return explain_maxsim_many(enc_a, enc_b, [text_a], [text_b], layer=layer, normalize=normalize, skiplist=skiplist,
                                special=special, truncate=truncate, backend=backend, units=units,
                                aggregate=aggregate)[0]
+
+
+def _skiplist(v):
+    if isinstance(v, bool) or v == "punctuation" or (isinstance(v, (list, tuple, set, frozenset)) and
+                                                      all(isinstance(t, str) for t in v)):
+        return v
+    raise ValueError("True (punctuation, as ColBERT), False, or a collection of token strings")
+
+
+OPTIONS = Options("maxsim", [
+    Option("normalize", True, "cosine MaxSim (token embeddings L2-normalised) instead of raw dot products", boolean,
+           cli=Cli(flag="--no-normalize", action="store_false", dest="normalize",
+                   help="raw dot products instead of cosines")),
+    Option("skiplist", False, "skip document tokens: True = punctuation (ColBERT), or a collection of token strings",
+           _skiplist, cli=Cli(action="store_true")),
+    Option("special", True, "[CLS]/[SEP] take part in the matching", boolean, cli=Cli(action="boolean")),
+    Option("backend", "auto", "MaxSim kernel (auto: where measured faster)", one_of(*MAXSIM_BACKENDS)),
+] + set_options(aggregate="max"))

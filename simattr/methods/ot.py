@@ -9,16 +9,16 @@ installed, else sinkhorn). No backward pass.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..align import postprocess
 from ..errors import NumericalError, SimattrError
 from ..explanation import Explanation
+from ..options import Cli, Option, Options, boolean, fraction, integer, one_of, positive_number
+from .common_options import idf_weights, set_options
 from . import _setbased as sb
 
 SOLVERS = ("auto", "emd", "sinkhorn")
@@ -109,7 +109,6 @@ def explain_ot_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = No
                     special: bool = False, threshold: float = 0.5, truncate: bool = False, units: str = "token",
                     aggregate: str = "sum", batch_size: int = 64) -> list:
     """One Explanation per pair (one text on a side is broadcast against all texts of the other)."""
-    t0 = time.perf_counter()
     if solver not in SOLVERS:
         raise SimattrError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if mass not in ("uniform", "idf"):
@@ -118,14 +117,7 @@ def explain_ot_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = No
         raise SimattrError(f"units must be 'token' or 'word', got {units!r}")
     if solver == "auto":
         solver = "emd" if _pot_available() else "sinkhorn"
-    sides = sb.embed_sides(enc_a, enc_b, texts_a, texts_b, layer, truncate, batch_size)
-    A, B = sides.A, sides.B
-    table_a = table_b = None
-    if mass == "idf":
-        corpus_spec = True if idf is None else idf
-        table_a = sb.resolve_idf(enc_a, corpus_spec, [t.text for t in B.tokens])
-        table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, corpus_spec, [t.text for t in B.tokens])
-    elif idf is not None:
+    if mass != "idf" and idf is not None:
         raise SimattrError("idf weights are used with mass='idf'")
 
     def weights(batch, enc, table):
@@ -137,13 +129,19 @@ def explain_ot_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = No
             rows.append(w)
         return sb.pad_rows(rows)
 
-    wa, wb = weights(A, enc_a, table_a), weights(B, enc_b, table_b)
-    P, C, wmd, info = ot_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, solver=solver, eps=eps,
-                               max_iter=max_iter, tol=tol)
-    seconds = time.perf_counter() - t0
-    out = []
-    for k in range(sides.n):
-        ta, tb = A.tokens[sides.ia(k)], B.tokens[sides.ib(k)]
+    def batch(sides):
+        A, B = sides.A, sides.B
+        table_a = table_b = None
+        if mass == "idf":
+            corpus_spec = True if idf is None else idf
+            table_a = sb.resolve_idf(enc_a, corpus_spec, [t.text for t in B.tokens])
+            table_b = table_a if enc_b is enc_a else sb.resolve_idf(enc_b, corpus_spec, [t.text for t in B.tokens])
+        wa, wb = weights(A, enc_a, table_a), weights(B, enc_b, table_b)
+        return ot_batch(A.embeddings, A.mask, wa, B.embeddings, B.mask, wb, solver=solver, eps=eps,
+                        max_iter=max_iter, tol=tol)
+
+    def pair(state, sides, k, ta, tb, seconds):
+        P, C, wmd, info = state
         plan = P[k, : ta.length, : tb.length].cpu().numpy()
         cost = C[k, : ta.length, : tb.length].cpu().numpy()
         ma = plan.sum(1)
@@ -153,19 +151,20 @@ def explain_ot_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = No
         pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(keep))]
         la, lb = list(ta.tokens), list(tb.tokens)
         score = float(wmd[k])
-        settings = {"layer": A.layer, "solver": solver, "eps": eps if solver == "sinkhorn" else None, "mass": mass,
-                    "special": special, "threshold": threshold, "cost": "1 - cosine",
+        settings = {"layer": sides.A.layer, "solver": solver, "eps": eps if solver == "sinkhorn" else None,
+                    "mass": mass, "special": special, "threshold": threshold, "cost": "1 - cosine",
                     "model_a": enc_a.describe(), "model_b": enc_b.describe() if enc_b is not enc_a else "same",
-                    "device": str(A.embeddings.device)}
+                    "device": str(sides.A.embeddings.device)}
         extras = {"scores": {"wmd": score, "similarity": 1.0 - score},
                   "alignment": sb.pairs_list(la, lb, plan, pairs, cost=[cost[i, j] for i, j in pairs]),
                   "mass_a": ma.tolist(), "mass_b": mb.tolist(),
                   "contributions": (plan * cost).tolist(), "solver_info": info,
-                  "token_info": sb.token_info(ta, tb), "seconds": seconds / sides.n}
-        ex = Explanation(method="ot", matrix=plan, tokens_a=la, tokens_b=lb, score=score, settings=settings,
-                         extras=extras)
-        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
-    return out
+                  "token_info": sb.token_info(ta, tb), "seconds": seconds}
+        return Explanation(method="ot", matrix=plan, tokens_a=la, tokens_b=lb, score=score, settings=settings,
+                           extras=extras)
+
+    return sb.explain_pairs(enc_a, enc_b, texts_a, texts_b, layer=layer, truncate=truncate, batch_size=batch_size,
+                            units=units, aggregate=aggregate, batch=batch, pair=pair)
 
 
 def explain_ot(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional[int] = None, solver: str = "auto",
@@ -176,3 +175,19 @@ def explain_ot(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional[int] =
     return explain_ot_many(enc_a, enc_b, [text_a], [text_b], layer=layer, solver=solver, eps=eps, max_iter=max_iter,
                            tol=tol, mass=mass, idf=idf, special=special, threshold=threshold, truncate=truncate,
                            units=units, aggregate=aggregate)[0]
+
+
+OPTIONS = Options("ot", [
+    Option("solver", "auto", "'emd' (exact, POT), 'sinkhorn' (log domain), 'auto' (emd when POT is installed)",
+           one_of("auto", "emd", "sinkhorn")),
+    Option("eps", 0.01, "Sinkhorn entropic regularisation", positive_number, cli=Cli(type=float)),
+    Option("max_iter", 2000, "most Sinkhorn iterations", integer(1), cli=None),
+    Option("tol", 1e-7, "Sinkhorn stopping tolerance (row-marginal L1 error)", positive_number,
+           cli=Cli(type=float)),
+    Option("mass", "uniform", "token masses: 'uniform' or 'idf'", one_of("uniform", "idf")),
+    Option("idf", None, "idf corpus for mass='idf': a list of texts (None: the pair's own texts)", idf_weights,
+           cli=Cli(flag="--idf-corpus", dest="idf_corpus",
+                   help="file with one corpus text per line: idf token weights")),
+    Option("special", False, "[CLS]/[SEP] get mass", boolean, cli=Cli(action="boolean")),
+    Option("threshold", 0.5, "alignment threshold, share of a token's mass", fraction, cli=Cli(type=float)),
+] + set_options(aggregate="sum"))
