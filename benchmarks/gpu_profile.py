@@ -559,7 +559,7 @@ def summary():
             if rows:
                 wins = all(r[b]["ok"] and r[b]["speedup_vs_torch"] > 1.05 for r in rows)
                 print(f"    -> {b}: {'faster at every shape: set' if wins else 'not faster everywhere: keep'} "
-                      f"simattr.contraction.AUTO_KERNEL['cuda'] = {repr(b) if wins else None}")
+                      f"simattr.backends.AUTO['contraction']['cuda'] = {repr(b) if wins else None}")
     if RESULTS.get("m_memory"):
         print("(m) IJ at 512 tokens under max_memory: attention, tangents per chunk, peak MiB, s per pair per step")
         for r in RESULTS["m_memory"]:

@@ -64,13 +64,13 @@ elif [ "$part" = kernels ]; then
   # every kernel against its PyTorch reference, compiled on CUDA
   timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_maxsim.py \
       tests/test_kernels_contract.py 2>&1 | tee "$OUT/kernel_tests.log" | tail -8
-  # MaxSim: Triton vs PyTorch, 10,000 pairs of 32 x 128, full and ragged -> simattr.ops.AUTO_KERNEL["cuda"]
+  # MaxSim: Triton vs PyTorch, 10,000 pairs of 32 x 128, full and ragged -> simattr.backends.AUTO["maxsim"]["cuda"]
   for args in "" "--ragged"; do
     name=$(echo "maxsim $args" | tr -c 'a-z0-9\n' '_' | tr -s '_')
     timeout 90 python3 benchmarks/bench_maxsim.py --runs 15 $args --out "$OUT/${name}.json" > /dev/null 2>&1
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], d['device'], 'ok' if d['ok'] else 'MISMATCH', {k: (round(v['median_s']*1e3, 3), round(v['speedup_vs_torch'], 2)) for k, v in d['results'].items()})" "$OUT/${name}.json"
   done
-  # the Jacobian contraction: einsum vs Triton (and the CUDA extension if built) -> contraction.AUTO_KERNEL["cuda"]
+  # the Jacobian contraction: einsum vs Triton (and the CUDA extension if built) -> backends.AUTO["contraction"]["cuda"]
   timeout 90 python3 benchmarks/bench_contract.py --runs 9 --out "$OUT/contract.json" > /dev/null 2>&1
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(r['K'], r['N'], r['S'], r['H'], {b: (round(r[b]['ms'], 3), round(r[b]['speedup_vs_torch'], 2), r[b]['ok']) for b in ('torch', 'triton', 'cuda') if b in r}) for r in d['op']]" "$OUT/contract.json"
 else

@@ -28,6 +28,8 @@ from torch import nn
 
 from simattr.kernels.attention_jvp import HAS_TRITON, FusedAttention, as_4d_mask
 
+from . import runtime
+
 NAME = "simattr_fused"
 NAME_CONSTANT_SOFTMAX = "simattr_fused_cp"
 #: implementations `Encoder.prepared()` keeps (they compute eager attention)
@@ -72,18 +74,25 @@ def _make_forward(constant_softmax: bool):
     return simattr_fused_attention
 
 
-def register() -> None:
-    """Register both implementations and their mask builder with transformers (idempotent)."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+def registered():
+    """Both fused implementations and their mask builder in transformers' registry while the context is open
+    (simattr.runtime: removed again when the last user leaves)."""
+    from transformers.masking_utils import sdpa_mask
+    stack = contextlib.ExitStack()
     for name, cp in ((NAME, False), (NAME_CONSTANT_SOFTMAX, True)):
-        if name not in ALL_ATTENTION_FUNCTIONS:
-            ALL_ATTENTION_FUNCTIONS.register(name, _make_forward(cp))
-        if name not in ALL_MASK_ATTENTION_FUNCTIONS:
-            ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+        stack.enter_context(runtime.attention_implementation(name, _make_forward(cp), sdpa_mask))
+    return stack
 
 
 CHOICES = ("auto", "fused", "eager")
+
+
+def info() -> dict:
+    """For `simattr info`: which attention the path methods use with attention="auto"."""
+    if torch.cuda.is_available() and HAS_TRITON:
+        return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
+    why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
+    return {"available": False, "reason": f"{why}: eager math attention (forward-mode AD through PyTorch ops)"}
 
 
 def choose(encoder, attention: str = "auto") -> str:
@@ -167,18 +176,18 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
     if not supports_fused_attention(hf):
         yield model
         return
-    register()
-    previous = hf.config._attn_implementation
-    token = _backend.set(backend or _backend.get())
-    token_min = _min_tokens.set(int(min_tokens))
-    _set(hf, NAME_CONSTANT_SOFTMAX if constant_softmax else NAME)
-    try:
-        yield model
-    finally:
-        _set(hf, previous)
-        _backend.reset(token)
-        _min_tokens.reset(token_min)
+    with registered():
+        previous = hf.config._attn_implementation
+        token = _backend.set(backend or _backend.get())
+        token_min = _min_tokens.set(int(min_tokens))
+        _set(hf, NAME_CONSTANT_SOFTMAX if constant_softmax else NAME)
+        try:
+            yield model
+        finally:
+            _set(hf, previous)
+            _backend.reset(token)
+            _min_tokens.reset(token_min)
 
 
-__all__ = ["choose", "CHOICES", "AUTO_MIN_TOKENS", "fused_attention", "kernel_backend", "current_backend", "register",
+__all__ = ["choose", "CHOICES", "AUTO_MIN_TOKENS", "fused_attention", "kernel_backend", "current_backend", "registered",
            "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX", "EAGER_COMPATIBLE", "HAS_TRITON"]

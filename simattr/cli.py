@@ -302,7 +302,7 @@ def _explain_many(args, argv) -> int:
 
 
 def _info(args) -> int:
-    from .ops import backend_info
+    from .backends import info as backend_info
 
     info = backend_info()
     if args.json:

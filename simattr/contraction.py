@@ -14,20 +14,17 @@ benchmarks/RESULTS.md): see `AUTO_KERNEL`.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .errors import SimattrError
-from .ops import has_operator, triton_runs_on
+from . import backends
 
-BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
-#: device type -> the kernel "auto" uses there (None: the PyTorch reference). CPU: the C++ kernel, 2.3-10x faster
-#: than the einsum on one thread. CUDA: the Triton kernel, 4.0-5.8x faster than the einsum at all six chunk shapes of
-#: bench_contract.py on an H100 (the CUDA extension 3.8-5.5x; Triton needs no build). benchmarks/RESULTS.md.
-AUTO_KERNEL = {"cpu": "cpp", "cuda": "triton"}
+BACKENDS = backends.names("contraction")
+#: device type -> the kernel "auto" uses there: the registry's table (`simattr.backends.AUTO`)
+AUTO_KERNEL = backends.AUTO["contraction"]
 
 
 def unit_index(unit_matrix: Tensor) -> Optional[Tensor]:
@@ -58,14 +55,11 @@ def contract_torch(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], un
 
 
 def _has_op() -> bool:
-    return has_operator("contract_tangent")
+    return backends.has_operator("contract_tangent")
 
 
 def _cuda_op() -> bool:
-    if not _has_op():
-        return False
-    mod = importlib.import_module("simattr._C")
-    return bool(getattr(mod, "with_cuda", lambda: False)())
+    return _has_op() and backends.extension_with_cuda()
 
 
 def check_backend(backend: str) -> str:
@@ -76,32 +70,7 @@ def check_backend(backend: str) -> str:
 
 def choose_backend(device_type: str, backend: str = "auto") -> str:
     """The backend `contract` runs for tensors on `device_type` (raises if a named one cannot run there)."""
-    check_backend(backend)
-    if backend == "torch":
-        return "torch"
-    if backend == "cpp":
-        if device_type != "cpu":
-            raise SimattrError("the C++ contraction kernel runs on CPU tensors only")
-        if not _has_op():
-            raise SimattrError("the C++ extension simattr._C (with contract_tangent) is not built")
-        return "cpp"
-    if backend == "cuda":
-        if device_type != "cuda" or not _cuda_op():
-            raise SimattrError("the CUDA contraction kernel needs CUDA tensors and simattr._C built with "
-                               "SIMATTR_BUILD_CUDA=1")
-        return "cuda"
-    if backend == "triton":
-        if not triton_runs_on(device_type):
-            raise SimattrError("the Triton contraction kernel needs triton and CUDA tensors (or TRITON_INTERPRET=1)")
-        return "triton"
-    choice = AUTO_KERNEL.get(device_type)
-    if choice == "cpp" and _has_op():
-        return "cpp"
-    if choice == "triton" and triton_runs_on(device_type):
-        return "triton"
-    if choice == "cuda" and _cuda_op():
-        return "cuda"
-    return "torch"
+    return backends.choose("contraction", device_type, backend)
 
 
 def contract(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], unit_index: Tensor, n_units: int,
@@ -118,15 +87,4 @@ def contract(grads: Tensor, tangent: Tensor, weights: Optional[Tensor], unit_ind
 
 def info() -> dict:
     """Which contraction backend "auto" uses on each device, and why the others are not used."""
-    ext = _has_op()
-    out = {"torch": {"available": True, "reason": "torch.einsum + index_add (reference, always available)"},
-           "cpp": {"available": ext, "reason": "simattr._C built (OpenMP, vectorised)" if ext else
-                   "simattr._C is not built or lacks contract_tangent"},
-           "cuda": {"available": _cuda_op() and torch.cuda.is_available(),
-                    "reason": "simattr._C built with CUDA" if _cuda_op() else
-                    "simattr._C not built with CUDA (SIMATTR_BUILD_CUDA=1 with a CUDA torch)"},
-           "triton": {"available": triton_runs_on("cuda") and torch.cuda.is_available(),
-                      "reason": "Triton kernel on CUDA" if torch.cuda.is_available() else "no CUDA device"}}
-    out["auto_cpu"] = choose_backend("cpu")
-    out["auto_cuda"] = choose_backend("cuda") if torch.cuda.is_available() else "torch (no CUDA device)"
-    return out
+    return backends.report("contraction")

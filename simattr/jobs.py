@@ -37,7 +37,7 @@ from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
-from . import zero_tensors
+from . import runtime
 from .engine import PAIR_MODES, named
 from .errors import SimattrError
 
@@ -408,7 +408,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
     if not pairs:
         return
     t_setup = time.perf_counter()
-    with job.context(), zero_tensors.fast_kernels() as zt:
+    with runtime.computation(job) as zt:  # everything process-wide this job changes (simattr/runtime.py)
         keys, ids, towers = {}, [], []  # (tower key, text) -> item id; pair -> (id_a, id_b); id -> (tower, text)
         for i, j in pairs:
             pair_ids = []
@@ -487,7 +487,7 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
                                 time.perf_counter() - t0 + share + setup)
             if len(ids) > 1:
                 e.extras["job"] = dict(pair_plan.as_dict(), pairs=len(ids), texts=len(items), how=how)
-            with zero_tensors.paused(zt):  # the caller's code between pairs runs with PyTorch's own kernels
+            with runtime.paused(zt):  # the caller's code between pairs runs with PyTorch's own kernels
                 yield e
             for t in (i, j):  # a text's tensors are dropped after its last pair
                 remaining[t] -= 1

@@ -429,22 +429,19 @@ def _attention_function(rule: str, counter: Counter, fused: bool = False):
 @contextlib.contextmanager
 def _registry(configs: list, rule: str, counter: Counter, fused: bool = False):
     """Register a private attention implementation (eager mask format) and switch the configs to it."""
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-    from transformers.modeling_utils import AttentionInterface
+    from transformers.masking_utils import eager_mask
 
+    from . import runtime
     name = f"simattr_bilrp_{rule}_{next(_names)}"
-    AttentionInterface.register(name, _attention_function(rule, counter, fused))
-    AttentionMaskInterface.register(name, eager_mask)
-    saved = [(c, c._attn_implementation) for c in configs]
-    try:
-        for c in configs:
-            c._attn_implementation = name
-        yield name
-    finally:
-        for c, old in saved:
-            c._attn_implementation = old
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+    with runtime.attention_implementation(name, _attention_function(rule, counter, fused), eager_mask):
+        saved = [(c, c._attn_implementation) for c in configs]
+        try:
+            for c in configs:
+                c._attn_implementation = name
+            yield name
+        finally:
+            for c, old in saved:
+                c._attn_implementation = old
 
 
 def _configs(roots) -> list:

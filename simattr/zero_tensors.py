@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from . import ops
+from . import backends
 
 #: whether jobs use the fast kernels when the extension provides them
 ENABLED = os.environ.get("SIMATTR_ZERO_TENSOR_KERNELS", "1") != "0"
@@ -26,7 +26,7 @@ ENABLED = os.environ.get("SIMATTR_ZERO_TENSOR_KERNELS", "1") != "0"
 
 def available() -> bool:
     """Whether simattr._C is built (and not disabled) with the zero_tensor_kernels operator."""
-    return ops.has_operator("zero_tensor_kernels")
+    return backends.has_operator("zero_tensor_kernels")
 
 
 @contextlib.contextmanager
@@ -61,8 +61,8 @@ def paused(active: bool):
 def info() -> dict:
     """For `simattr info`: whether jobs run with the fast kernels, and why not."""
     if not available():
-        ext = ops._extension()
-        reason = ext["reason"] if not ext["available"] else "simattr._C lacks zero_tensor_kernels (rebuild it)"
+        ext = backends.extension()
+        reason = ext.reason if not ext.available else "simattr._C lacks zero_tensor_kernels (rebuild it)"
         return {"available": False, "reason": reason}
     if not ENABLED:
         return {"available": True, "active": False, "reason": "SIMATTR_ZERO_TENSOR_KERNELS=0"}

@@ -342,3 +342,26 @@ def test_cached_items_are_free_to_the_planner():
     assert p.materialise == {0} and p.cost == 3 * 20
     p = plan_pairs([Item(3, 5, cached=True), Item(8, 20, cached=True)], [(0, 1)], 384)
     assert p.how == ["both"] and p.cost == 0
+
+
+def test_a_job_leaves_no_process_wide_state_behind(explainer):
+    """simattr/runtime.py: the attention registry entries of BiLRP's rules and of the fused attention, the
+    ZeroTensor kernels and the model's state are entered for one computation and left after it."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from simattr import attention, runtime
+    before = set(AttentionInterface._global_mapping)
+    model = explainer.encoder_a.model
+    state = (model.training, [p.requires_grad for p in model.parameters()], model.config._attn_implementation)
+    explainer.explain("a cat sat", "the dog ran", method="bilrp")
+    with attention.registered():
+        assert runtime.registered(attention.NAME)
+        with attention.registered():  # nested users share the entry
+            pass
+        assert runtime.registered(attention.NAME)
+    assert not runtime.registered(attention.NAME)
+    it = explainer.iter_many(["a cat sat"], ["the dog ran", "a bird"], steps=2)
+    next(it)
+    it.close()  # a stream closed early restores everything too
+    assert set(AttentionInterface._global_mapping) == before
+    assert (model.training, [p.requires_grad for p in model.parameters()], model.config._attn_implementation) == state

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from simattr import ops
+from simattr import backends, ops
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -181,12 +181,12 @@ def test_dispatch_and_errors():
     if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(ValueError):
             ops.maxsim(Q, C, backend="triton")
-    info = ops.backend_info()["maxsim"]
+    info = backends.info()["maxsim"]
     assert info["torch"]["available"]
     assert info["cpp"]["available"] == _cpp_available()
     if _cpp_available():
         assert ops.choose_maxsim_backend("cpu", torch.float32, density=1.0) == "torch"
-        assert ops.choose_maxsim_backend("cpu", torch.float32, density=0.3) == ("cpp" if ops.AUTO_KERNEL["cpu"] else "torch")
+        assert ops.choose_maxsim_backend("cpu", torch.float32, density=0.3) == "cpp"
     qm = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     assert abs(ops.mask_density(Q, C, qm, None) - (2 * 4 + 1 * 4) / (2 * 3 * 4)) < 1e-12
 

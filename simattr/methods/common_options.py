@@ -2,7 +2,7 @@
 set-based methods' (maxsim, bertscore, ot). Each method's table in its module lists these with its own."""
 from __future__ import annotations
 
-from .. import contraction, engine
+from .. import backends, contraction, engine
 from ..options import Cli, Option, boolean, integer, one_of
 
 ATTENTION_CHOICES = ("auto", "fused", "eager")  # simattr.attention.CHOICES (not imported: it loads the kernels)
@@ -48,7 +48,7 @@ def path_options() -> list:
     ]
 
 
-MAXSIM_BACKENDS = ("auto", "torch", "cpp", "triton")  # simattr.ops.MAXSIM_BACKENDS
+MAXSIM_BACKENDS = backends.names("maxsim")  # "auto" and the registry's MaxSim backends
 
 
 def idf_weights(v):
