@@ -116,3 +116,4 @@ def test_cache_key_changes_with_exactly_the_in_key_options(explainer, method):
         else:
             changed = key(**{o.name: value})
         assert (changed != ref) == o.in_key, o.name
+
