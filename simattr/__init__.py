@@ -4,7 +4,7 @@ from .encoders import CallableEncoder, Encoder, load_encoder
 from .errors import NumericalError, SimattrError
 from .explanation import Explanation
 from .options import PerSide
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["explain", "Explainer", "Explanation", "Encoder", "CallableEncoder", "load_encoder", "SimattrError",
            "NumericalError", "PerSide", "__version__"]

@@ -14,8 +14,10 @@ import re
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from .errors import SimattrError
+from .transport import sinkhorn_log
 
 _SPECIAL = re.compile(r"^(\[(CLS|SEP|PAD|MASK|UNK|Q|D)\]|<s>|</s>|<pad>|<unk>|<mask>|<cls>|<sep>|<\|[a-z_]+\|>)$")
 
@@ -68,8 +70,6 @@ def emd_plan(cost, mass_a=None, mass_b=None, solver: str = "auto") -> np.ndarray
         plan = np.zeros_like(C)
         plan[r, c] = 1.0 / n
         return plan
-    import torch
-    from .methods.ot import sinkhorn_log
     scale = max(float(np.abs(C).max()), 1e-12)
     plan, _ = sinkhorn_log(torch.tensor(C / scale)[None], torch.tensor(a)[None], torch.tensor(b)[None],
                            eps=1e-3, max_iter=20000, tol=1e-9)

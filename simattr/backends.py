@@ -3,10 +3,10 @@
 One loader for the compiled extension (`extension()`: built, not built, built for another torch, or disabled —
 said apart), one for Triton (`triton()`), and one table `REGISTRY` of operator -> backend -> what it needs and
 which devices it runs on, with the measured "auto" choice per device (`AUTO`). Dispatch (`choose`) and the
-report of `simattr info` (`report`) are both read from it. Adding a backend is one `Backend` entry plus its file.
+per-operator part of `simattr info` (`report`) are both read from it. Adding a backend is one `Backend` entry plus its file.
 
 Operators: "maxsim" (batched masked MaxSim, simattr/ops.py), "contraction" (the reverse-mode Jacobian
-contraction, simattr/contraction.py). `info()` is the whole report of `simattr info`.
+contraction, simattr/contraction.py). The whole report of `simattr info` is `simattr.report.info`.
 """
 from __future__ import annotations
 
@@ -224,27 +224,3 @@ def report(operator: str) -> dict:
     out["auto_cuda"] = choose(operator, "cuda") if cuda else "torch (no CUDA device)"
     return out
 
-
-# ------------------------------------------------------------------------------------------ `simattr info`
-def info() -> dict:
-    """Everything `simattr info` reports: versions, devices, the extension and Triton loaders, and per operator
-    which backend runs where and why the others do not."""
-    import torch
-    import transformers
-
-    from . import __version__, attention, zero_tensors
-    ext, tri = extension(), triton()
-    return {
-        "simattr": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": {"available": torch.cuda.is_available(),
-                 "reason": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"},
-        "triton": {"available": tri.available, "state": tri.state, "reason": tri.reason},
-        "extension": {"available": ext.available, "state": ext.state, "reason": ext.reason,
-                      "cuda": extension_with_cuda()},
-        **{operator: report(operator) for operator in REGISTRY},
-        "attention": attention.info(),
-        "zero_tensor_kernels": zero_tensors.info(),
-        "threads": torch.get_num_threads(),
-    }

@@ -302,7 +302,7 @@ def _explain_many(args, argv) -> int:
 
 
 def _info(args) -> int:
-    from .backends import info as backend_info
+    from .report import info as backend_info
 
     info = backend_info()
     if args.json:
@@ -336,8 +336,9 @@ def main(argv=None) -> int:
         if args.command == "explain-many":
             return _explain_many(args, argv)
         if args.command == "options":
-            from .options import markdown, tables
-            sys.stdout.write(markdown(tables()))
+            from .methods import OPTIONS
+            from .options import markdown
+            sys.stdout.write(markdown(OPTIONS))
             return 0
         return _info(args)
     except SimattrError as exc:

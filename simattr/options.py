@@ -304,10 +304,3 @@ def markdown(tables: dict) -> str:
     if IGNORED:
         lines += ["Accepted and ignored: " + "; ".join(f"`{k}` ({v})" for k, v in IGNORED.items()) + ".", ""]
     return "\n".join(lines)
-
-
-def tables() -> dict:
-    """Every method's table, by method name."""
-    from .methods import OPTIONS
-    return OPTIONS
-

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import simattr
-from simattr import backends
+from simattr import backends, report
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def test_registry_drives_choices_dispatch_and_info(operator):
     assert "torch" in table and table["torch"].needs("cpu")[0]  # the reference runs everywhere
     for device, pick in backends.AUTO[operator].items():
         assert callable(pick) or pick in table, (device, pick)
-    report = backends.info()[operator]
-    assert set(table) <= set(report) and report["torch"]["available"]
+    shown = report.info()[operator]
+    assert set(table) <= set(shown) and shown["torch"]["available"]
     with pytest.raises(simattr.SimattrError, match=f"unknown {operator} backend 'fast'"):
         backends.choose(operator, "cpu", "fast")
     for name, b in table.items():

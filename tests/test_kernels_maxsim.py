@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from simattr import backends, ops
+from simattr import backends, ops, report
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -181,7 +181,7 @@ def test_dispatch_and_errors():
     if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(ValueError):
             ops.maxsim(Q, C, backend="triton")
-    info = backends.info()["maxsim"]
+    info = report.info()["maxsim"]
     assert info["torch"]["available"]
     assert info["cpp"]["available"] == _cpp_available()
     if _cpp_available():

@@ -13,7 +13,7 @@ from simattr.embed import token_embeddings
 from simattr.encoders import default_model_path, load_encoder
 from simattr.explanation import Explanation
 from simattr.methods.maxsim import maxsim_batch
-from simattr.methods.ot import sinkhorn_log
+from simattr.transport import sinkhorn_log
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

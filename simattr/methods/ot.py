@@ -15,62 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import NumericalError, SimattrError
+from ..errors import SimattrError
+from ..transport import emd_pot, pot_available, sinkhorn_log
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, boolean, fraction, integer, one_of, positive_number
 from .common_options import idf_weights, set_options
 from . import _setbased as sb
 
 SOLVERS = ("auto", "emd", "sinkhorn")
-
-
-def sinkhorn_log(C: Tensor, a: Tensor, b: Tensor, eps: float = 0.01, max_iter: int = 2000, tol: float = 1e-7,
-                 check_every: int = 10):
-    """Entropic OT in the log domain, batched: plans [B, n, m] and info {iterations, marginal_error}.
-
-    C [B, n, m] costs; a [B, n], b [B, m] non-negative masses (each row summing to 1; zero mass = padding, whose
-    rows/columns get no transport). Minimises ⟨P, C⟩ − ε H(P) subject to P1 = a, Pᵀ1 = b by alternating dual
-    (f, g) updates with logsumexp, so small ε does not underflow. Stops when the row-marginal L1 error of every
-    pair is under `tol` (the column marginals are exact after each g-update) or after `max_iter` iterations."""
-    if eps <= 0:
-        raise SimattrError(f"eps must be positive, got {eps!r}")
-    if C.dim() == 2:
-        C, a, b = C[None], a[None], b[None]
-    C = torch.nan_to_num(C, nan=0.0, posinf=0.0, neginf=0.0)
-    loga = torch.log(a.to(C.dtype))
-    logb = torch.log(b.to(C.dtype))
-    f = torch.zeros_like(a, dtype=C.dtype)
-    g = torch.zeros_like(b, dtype=C.dtype)
-    err = float("inf")
-    it = 0
-    for it in range(1, int(max_iter) + 1):
-        f = eps * (loga - torch.logsumexp((g[:, None, :] - C) / eps, dim=2))
-        g = eps * (logb - torch.logsumexp((f[:, :, None] - C) / eps, dim=1))
-        if it % check_every == 0 or it == max_iter:
-            P = torch.exp((f[:, :, None] + g[:, None, :] - C) / eps)
-            err = float((P.sum(2) - a).abs().sum(1).max())
-            if err < tol:
-                break
-    P = torch.exp((f[:, :, None] + g[:, None, :] - C) / eps)
-    if not torch.isfinite(P).all():
-        raise NumericalError("Sinkhorn produced NaN or Inf; check the masses (each pair needs positive mass)")
-    return P, {"iterations": it, "marginal_error": err}
-
-
-def emd_pot(C: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    try:
-        import ot
-    except ImportError:
-        raise SimattrError("solver 'emd' needs the POT package (pip install pot)") from None
-    return np.asarray(ot.emd(a / a.sum(), b / b.sum(), np.ascontiguousarray(C, dtype=np.float64)))
-
-
-def _pot_available() -> bool:
-    try:
-        import ot  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def ot_batch(A: Tensor, Amask: Tensor, wa: Tensor, B: Tensor, Bmask: Tensor, wb: Tensor, solver: str = "sinkhorn",
@@ -116,7 +68,7 @@ def explain_ot_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = No
     if units not in ("token", "word"):
         raise SimattrError(f"units must be 'token' or 'word', got {units!r}")
     if solver == "auto":
-        solver = "emd" if _pot_available() else "sinkhorn"
+        solver = "emd" if pot_available() else "sinkhorn"
     if mass != "idf" and idf is not None:
         raise SimattrError("idf weights are used with mass='idf'")
 
