@@ -19,7 +19,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .errors import SimattrError
 from . import backends
 
 BACKENDS = backends.names("contraction")
@@ -60,12 +59,6 @@ def _has_op() -> bool:
 
 def _cuda_op() -> bool:
     return _has_op() and backends.extension_with_cuda()
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise SimattrError(f"unknown contraction backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return backend
 
 
 def choose_backend(device_type: str, backend: str = "auto") -> str:

@@ -4,6 +4,7 @@ and sentence-transformers models), `callable.CallableEncoder` (plain functions);
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -51,11 +52,11 @@ def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
     raise SimattrError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
 
 
-class BaseEncoder:
+class BaseEncoder(abc.ABC):
     """A Siamese tower as the engine sees it: tokenize a text, the hidden states at the input of block `layer`
     (`hidden`), the embedding as a function of them (`function`), and the model state during a computation
-    (`prepared`). Subclasses give `num_layers`, `device`, `dtype`, `describe`, `hidden`, `function`, `prepared` and
-    `copy_as`; tokenization, the pad reference and layer checks are shared here."""
+    (`prepared`). Subclasses give `num_layers`, `device`, `dtype`, `describe`, `hidden`, `function` and `prepared` (and
+    `copy_as` where they can); tokenization, the pad reference and layer checks are shared here."""
 
     def __init__(self, tokenizer, name: str, max_length: int):
         self.tokenizer = tokenizer
@@ -63,28 +64,35 @@ class BaseEncoder:
         self.max_length = max_length
 
     @property
+    @abc.abstractmethod
     def num_layers(self) -> int:
-        raise NotImplementedError
+        ...
 
     @property
+    @abc.abstractmethod
     def device(self) -> torch.device:
-        raise NotImplementedError
+        ...
 
     @property
+    @abc.abstractmethod
     def dtype(self) -> torch.dtype:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def hidden(self, tokens: "Tokens", layer: int, input_ids: Optional[Tensor] = None) -> Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def function(self, tokens: "Tokens", layer: int, normalize: bool, own_norm: bool = True) -> Callable:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def prepared(self):
-        raise NotImplementedError
+        ...
 
     def copy_as(self, dtype: torch.dtype):
         """A copy whose model runs in `dtype` (None: this encoder cannot make one)."""

@@ -18,7 +18,7 @@ from .. import ops
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, one_of
-from .common_options import MAXSIM_BACKENDS, idf_weights, set_options
+from .common_options import idf_weights, set_options
 from . import _setbased as sb
 
 
@@ -167,5 +167,5 @@ OPTIONS = Options("bertscore", [
     Option("baseline", None, "rescaling baseline: a bert-score baseline file or (P, R, F)", _baseline,
            cli=Cli(help="rescaling baseline: 'P,R,F' or a bert-score baseline file")),
     Option("backend", "auto", "MaxSim kernel of the greedy matching (auto: where measured faster)",
-           one_of(*MAXSIM_BACKENDS)),
+           one_of(*ops.MAXSIM_BACKENDS)),
 ] + set_options(aggregate="max"))

@@ -2,7 +2,7 @@
 set-based methods' (maxsim, bertscore, ot). Each method's table in its module lists these with its own."""
 from __future__ import annotations
 
-from .. import backends, contraction, engine
+from .. import contraction, engine
 from ..options import Cli, Option, boolean, integer, one_of
 
 ATTENTION_CHOICES = ("auto", "fused", "eager")  # simattr.attention.CHOICES (not imported: it loads the kernels)
@@ -46,9 +46,6 @@ def path_options() -> list:
         Option("contraction", "auto", "reverse mode's Jacobian-contraction kernel (auto: where measured faster)",
                one_of(*contraction.BACKENDS)),
     ]
-
-
-MAXSIM_BACKENDS = backends.names("maxsim")  # "auto" and the registry's MaxSim backends
 
 
 def idf_weights(v):

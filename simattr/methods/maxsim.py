@@ -17,7 +17,7 @@ from .. import ops
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, boolean, one_of
-from .common_options import MAXSIM_BACKENDS, set_options
+from .common_options import set_options
 from . import _setbased as sb
 
 
@@ -113,5 +113,5 @@ OPTIONS = Options("maxsim", [
     Option("skiplist", False, "skip document tokens: True = punctuation (ColBERT), or a collection of token strings",
            _skiplist, cli=Cli(action="store_true")),
     Option("special", True, "[CLS]/[SEP] take part in the matching", boolean, cli=Cli(action="boolean")),
-    Option("backend", "auto", "MaxSim kernel (auto: where measured faster)", one_of(*MAXSIM_BACKENDS)),
+    Option("backend", "auto", "MaxSim kernel (auto: where measured faster)", one_of(*ops.MAXSIM_BACKENDS)),
 ] + set_options(aggregate="max"))

@@ -10,6 +10,7 @@ written here once, on the engine (`engine.plan`, `engine.path_attribution`), for
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -34,7 +35,7 @@ class Path:
     tangent: Optional[Tensor] = None
 
 
-class PathJob:
+class PathJob(abc.ABC):
     """A path method's job (one pair or many, one set of options) as the hooks of `simattr.jobs.run`."""
 
     table = None  # the method's Options
@@ -51,8 +52,9 @@ class PathJob:
         self.out_dim = None
 
     # ------------------------------------------------------------------ what a method says
+    @abc.abstractmethod
     def path(self, side) -> Path:
-        raise NotImplementedError
+        """The path of one prepared text."""
 
     def around(self):
         """The context active around every pass (default: none)."""
