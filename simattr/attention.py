@@ -26,9 +26,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from simattr.kernels.attention_jvp import HAS_TRITON, FusedAttention, as_4d_mask
+from simattr.kernels.attention_jvp import FusedAttention, as_4d_mask
 
-from . import runtime
+from . import backends, runtime
+from .errors import SimattrError
 
 NAME = "simattr_fused"
 NAME_CONSTANT_SOFTMAX = "simattr_fused_cp"
@@ -68,7 +69,8 @@ def _make_forward(constant_softmax: bool):
         if not constant_softmax and key.shape[2] < _min_tokens.get():  # short: eager math is faster
             return _eager_math(module, query, key, value, attention_mask, scaling, 0.0)
         mask = as_4d_mask(attention_mask, query.shape[0], query.shape[2], key.shape[2])
-        out = FusedAttention.apply(query, key, value, mask, float(scaling), constant_softmax, _backend.get())[0]
+        kernel = backends.choose("attention", query.device.type, _backend.get())  # the registry's "torch"/"triton"
+        out = FusedAttention.apply(query, key, value, mask, float(scaling), constant_softmax, kernel)[0]
         return out.transpose(1, 2), None
 
     return simattr_fused_attention
@@ -87,27 +89,18 @@ def registered():
 CHOICES = ("auto", "fused", "eager")
 
 
-def info() -> dict:
-    """For `simattr info`: which attention the path methods use with attention="auto"."""
-    if torch.cuda.is_available() and HAS_TRITON:
-        return {"available": True, "reason": "fused Triton attention with a one-launch JVP (kernels/attention_jvp.py)"}
-    why = "no CUDA device" if not torch.cuda.is_available() else "triton not installed"
-    return {"available": False, "reason": f"{why}: eager math attention (forward-mode AD through PyTorch ops)"}
-
-
 def choose(encoder, attention: str = "auto") -> str:
     """Which attention a method runs for `encoder`: "fused" or "eager".
 
     attention: "auto" (fused on CUDA when Triton imports and the model dispatches through transformers' attention
     registry; eager otherwise), "fused" (also on the CPU: the same autograd.Function over PyTorch math; eager for
     models outside the registry, e.g. MPNet), "eager"."""
-    from .errors import SimattrError
     if attention not in CHOICES:
         raise SimattrError(f"attention must be 'auto', 'fused' or 'eager', got {attention!r}")
     model = getattr(encoder, "model", None)
     if attention == "eager" or model is None or not hasattr(model, "config") or not supports_fused_attention(model):
         return "eager"
-    if attention == "auto" and not (encoder.device.type == "cuda" and HAS_TRITON):
+    if attention == "auto" and not (encoder.device.type == "cuda" and backends.choose("attention", "cuda") == "triton"):
         return "eager"
     return "fused"
 
@@ -140,6 +133,12 @@ def _set(model: nn.Module, name: Optional[str]) -> None:
             cfg._attn_implementation = name
 
 
+def _check_backend(backend: str) -> None:
+    if backend not in backends.names("attention"):
+        raise SimattrError(f"unknown attention backend {backend!r}; choose one of "
+                           f"{', '.join(backends.names('attention'))}")
+
+
 def current_backend() -> str:
     """The fused-attention backend in effect ("auto", "triton" or "torch")."""
     return _backend.get()
@@ -149,8 +148,7 @@ def current_backend() -> str:
 def kernel_backend(backend: str):
     """Run the fused attention of every method (IJ, BiLRP) inside the block with `backend`: "auto", "triton"
     (also on CPU tensors under TRITON_INTERPRET=1, for tests) or "torch" (the autograd.Function over PyTorch math)."""
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'triton' or 'torch'")
+    _check_backend(backend)
     token = _backend.set(backend)
     try:
         yield
@@ -171,8 +169,8 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
     implementation is restored on exit, also after an exception.
     """
     hf = getattr(model, "model", model) if not hasattr(model, "config") else model
-    if backend not in (None, "auto", "triton", "torch"):
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'triton' or 'torch'")
+    if backend is not None:
+        _check_backend(backend)
     if not supports_fused_attention(hf):
         yield model
         return
@@ -190,4 +188,4 @@ def fused_attention(model: nn.Module, constant_softmax: bool = False, backend: O
 
 
 __all__ = ["choose", "CHOICES", "AUTO_MIN_TOKENS", "fused_attention", "kernel_backend", "current_backend", "registered",
-           "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX", "EAGER_COMPATIBLE", "HAS_TRITON"]
+           "supports_fused_attention", "NAME", "NAME_CONSTANT_SOFTMAX", "EAGER_COMPATIBLE"]

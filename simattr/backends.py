@@ -6,7 +6,8 @@ which devices it runs on, with the measured "auto" choice per device (`AUTO`). D
 per-operator part of `simattr info` (`report`) are both read from it. Adding a backend is one `Backend` entry plus its file.
 
 Operators: "maxsim" (batched masked MaxSim, simattr/ops.py), "contraction" (the reverse-mode Jacobian
-contraction, simattr/contraction.py). The whole report of `simattr info` is `simattr.report.info`.
+contraction, simattr/contraction.py), "attention" (the fused attention and its JVP inside the path methods,
+simattr/attention.py over simattr/kernels/attention_jvp.py). The whole report of `simattr info` is `simattr.report.info`.
 """
 from __future__ import annotations
 
@@ -155,6 +156,13 @@ REGISTRY = {
         "triton": Backend("triton", ("cuda",), _triton, "Triton kernel (simattr/kernels/contract.py)",
                           runs_on=triton_runs_on),
     },
+    "attention": {
+        "torch": Backend("torch", ("cpu", "cuda"), _always,
+                         "autograd.Function over PyTorch math (eager attention's values and JVP; reference)"),
+        "triton": Backend("triton", ("cuda",), _triton,
+                          "fused Triton kernel, one launch for all tangents of a JVP (simattr/kernels/attention_jvp.py)",
+                          runs_on=triton_runs_on),
+    },
 }
 
 #: the C++ MaxSim kernel skips masked tokens (2.4x faster than PyTorch on ragged lengths) but its micro-kernel is
@@ -171,10 +179,13 @@ def _auto_maxsim_cpu(dtype=None, density: float = 1.0, **_):
 #: operator -> device type -> the backend "auto" tries first there (a name, or a function of the call's context);
 #: measured (benchmarks/RESULTS.md): MaxSim on CUDA: PyTorch (the Triton kernel in fp32 IEEE dots took 4.3 ms where
 #: bmm + max took 1.8 ms on an H100); contraction on the CPU: C++ (5-10.7x the einsum, one thread); on CUDA:
-#: Triton (4.0-5.8x the einsum at all six chunk shapes of bench_contract.py on an H100; the CUDA kernel 3.8-5.5x)
+#: Triton (4.0-5.8x the einsum at all six chunk shapes of bench_contract.py on an H100; the CUDA kernel 3.8-5.5x);
+#: attention on CUDA: Triton (IJ end to end 1.06-1.64x eager from 24 tokens on, H100; shorter sequences run eager
+#: math inside the fused context, `attention.AUTO_MIN_TOKENS`)
 AUTO = {
     "maxsim": {"cpu": _auto_maxsim_cpu, "cuda": "torch"},
     "contraction": {"cpu": "cpp", "cuda": "triton"},
+    "attention": {"cpu": "torch", "cuda": "triton"},
 }
 
 

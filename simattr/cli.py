@@ -302,6 +302,7 @@ def _explain_many(args, argv) -> int:
 
 
 def _info(args) -> int:
+    from .backends import REGISTRY
     from .report import info as backend_info
 
     info = backend_info()
@@ -309,20 +310,20 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         for key, val in info.items():
-            if key in ("maxsim", "contraction"):
+            if key in REGISTRY:  # an operator: one line per backend
                 for name, sub in val.items():
                     label = f"{key} {name}"
                     if isinstance(sub, dict):
                         state = "available" if sub.get("available") else "unavailable"
-                        print(f"{label:>20}: {state} ({sub['reason']})")
+                        print(f"{label:>21}: {state} ({sub['reason']})")
                     else:
-                        print(f"{label:>20}: {sub}")
+                        print(f"{label:>21}: {sub}")
             elif isinstance(val, dict):
                 state = "available" if val.get("available") else "unavailable"
                 why = f" ({val['reason']})" if val.get("reason") else ""
-                print(f"{key:>20}: {state}{why}")
+                print(f"{key:>21}: {state}{why}")
             else:
-                print(f"{key:>20}: {val}")
+                print(f"{key:>21}: {val}")
     return 0
 
 

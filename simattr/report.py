@@ -1,5 +1,5 @@
 """What `simattr info` reports: versions, devices, the extension and Triton loaders, each operator's backends (from
-the registry, simattr/backends.py), the attention the path methods use and the ZeroTensor kernels."""
+the registry, simattr/backends.py, the fused attention's among them) and the ZeroTensor kernels."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +12,6 @@ from .version import __version__
 def info() -> dict:
     """Everything `simattr info` reports: versions, devices, the extension and Triton loaders, and per operator
     which backend runs where and why the others do not."""
-    from . import attention  # loads the Triton kernels (and triton): only when the report is made
     ext, tri = backends.extension(), backends.triton()
     return {
         "simattr": __version__,
@@ -24,7 +23,6 @@ def info() -> dict:
         "extension": {"available": ext.available, "state": ext.state, "reason": ext.reason,
                       "cuda": backends.extension_with_cuda()},
         **{operator: backends.report(operator) for operator in backends.REGISTRY},
-        "attention": attention.info(),
         "zero_tensor_kernels": zero_tensors.info(),
         "threads": torch.get_num_threads(),
     }

@@ -69,3 +69,27 @@ def test_option_choices_come_from_the_registry():
     assert contraction.BACKENDS == backends.names("contraction")
     backend_option = OPTIONS["maxsim"].by_name["backend"]
     assert backend_option.check.choices == backends.names("maxsim")
+
+
+def test_fused_attention_runs_the_registry_choice(family_encoder, monkeypatch):
+    """The fused attention asks the registry which kernel to run, per call, with the backend in effect; an unknown
+    backend is a SimattrError naming the registry's choices."""
+    from simattr import attention
+    asked, choose = [], backends.choose
+
+    def spy(operator, device_type, backend="auto", **context):
+        picked = choose(operator, device_type, backend, **context)
+        if operator == "attention":
+            asked.append((device_type, backend, picked))
+        return picked
+    monkeypatch.setattr(backends, "choose", spy)
+    ex = simattr.Explainer(family_encoder("bert"))
+    ref = ex.explain("the cat sat", "a dog ran", steps=3, attention="eager")
+    assert not asked
+    with attention.kernel_backend("torch"):
+        got = ex.explain("the cat sat", "a dog ran", steps=3, attention="fused")
+    assert asked and all(a == ("cpu", "torch", "torch") for a in asked)
+    assert abs(got.matrix - ref.matrix).max() <= 1e-5 * max(1.0, abs(ref.matrix).max())
+    with pytest.raises(simattr.SimattrError, match="unknown attention backend 'fast'; choose one of auto, torch"):
+        with attention.kernel_backend("fast"):
+            pass
