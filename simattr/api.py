@@ -85,19 +85,22 @@ class Explainer:
         done (`simattr.jobs.run`; exhaust or close the iterator to restore the model), the batched methods after
         their batch. Options are checked before the first pair."""
         method = method or self.defaults.get("method", "ij")
+        soft = {k: v for k, v in self.defaults.items() if k != "method"}
+        soft.update(soft_options or {})
+        opts = resolve_options(method, options, soft)
+        if _no_texts(a) or _no_texts(b):  # an empty batch (a filter left nothing): no pairs
+            return (e for e in ())
         a_list, b_list = as_list(a, "a"), as_list(b, "b")
         if not all_pairs and len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
             raise SimattrError(f"{len(a_list)} texts a and {len(b_list)} texts b: give equal numbers, one text "
                                f"on a side, or all_pairs=True")
-        soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(soft_options or {})
-        opts = resolve_options(method, options, soft)
         if method in PAIR_JOBS:
             return jobs.run(PAIR_JOBS[method](self.encoder_a, self.encoder_b, **opts), a_list, b_list, all_pairs,
                             cache=self.cache)
         if all_pairs:  # batch methods take aligned lists: spell the grid out
             a_list, b_list = [t for t in a_list for _ in b_list], b_list * len(a_list)
-        return iter(BATCH_METHODS[method](self.encoder_a, self.encoder_b, a_list, b_list, **opts))
+        results = BATCH_METHODS[method](self.encoder_a, self.encoder_b, a_list, b_list, **opts)
+        return (e for e in results)  # a generator (closable) like the path methods' stream
 
     def explain_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
                      **options) -> list:
@@ -109,10 +112,17 @@ class Explainer:
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
         once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""
         out = list(self.iter_many(a, b, method, all_pairs=all_pairs, soft_options=soft_options, **options))
-        if all_pairs:
+        if all_pairs and _no_texts(b):
+            out = [[] for _ in ([] if _no_texts(a) else as_list(a, "a"))]
+        elif all_pairs and not _no_texts(a):
             nb = len(as_list(b, "b"))
             out = [out[k:k + nb] for k in range(0, len(out), nb)]
         return out
+
+
+def _no_texts(texts) -> bool:
+    """An empty list (or other empty collection) of texts, as opposed to one text or a non-empty list."""
+    return not isinstance(texts, str) and hasattr(texts, "__len__") and len(texts) == 0
 
 
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from .errors import SimattrError
+from .errors import OutputError, SimattrError
 
 
 def _floats3(value: str):
@@ -16,7 +16,7 @@ def _floats3(value: str):
     except ValueError:
         vals = []
     if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"--baseline takes 'P,R,F' (three numbers) or a file, not {value!r}")
+        raise SimattrError(f"--baseline takes 'P,R,F' (three numbers) or an existing baseline file, not {value!r}")
     return vals
 
 
@@ -107,24 +107,29 @@ def _is_file(path):
 
 
 def _read_corpus(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = [ln.strip() for ln in fh if ln.strip()]
-    except OSError as exc:
-        raise SimattrError(f"cannot read the idf corpus {path!r}: {exc.strerror}") from None
+    lines = [ln.strip() for ln in _lines(path, "the idf corpus") if ln.strip()]
     if not lines:
         raise SimattrError(f"the idf corpus {path!r} holds no text")
     return lines
+
+
+def _explainer_options(args) -> dict:
+    """The method options of the command line, checked against the method's table (before any model loads)."""
+    from .api import resolve_options
+    if getattr(args, "top", 0) is not None and getattr(args, "top", 0) < 0:
+        raise SimattrError(f"--top must be 0 or more, got {args.top}")
+    explicit = _method_options(args, None)
+    resolve_options(args.method, explicit)
+    return explicit
 
 
 def _explainer(args, argv):
     """(Explainer, explicit options, soft options); options the method does not take fail before the model loads."""
     import torch
 
-    from .api import Explainer, resolve_options
+    from .api import Explainer
 
-    explicit = _method_options(args, argv)
-    resolve_options(args.method, explicit)  # a bad option fails before the model loads
+    explicit = _explainer_options(args)
     soft = {}
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
@@ -133,6 +138,7 @@ def _explainer(args, argv):
 
 
 def _explain(args, argv=None) -> int:
+    _check_outputs(args)
     ex, explicit, soft = _explainer(args, argv)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
     check = failed = None
@@ -167,15 +173,29 @@ def _faithfulness(ex, a, b, result, args):
     return check
 
 
-def _lines(path):
-    fh = sys.stdin if path == "-" else None
+def _lines(path, what: str = "") -> list:
+    """The lines of a UTF-8 text file ('-': standard input); a file that cannot be read or is not UTF-8 text is a
+    SimattrError naming it (and the line of the first bad byte)."""
+    label = f"{what} {path!r}" if what else repr(path)
     try:
-        if fh is None:
-            fh = open(path, encoding="utf-8")
-        with fh:
-            return [ln.rstrip("\n") for ln in fh]
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
     except OSError as exc:
-        raise SimattrError(f"cannot read {path!r}: {exc.strerror}") from None
+        raise SimattrError(f"cannot read {label}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SimattrError(f"{label} is not UTF-8 text (line {line}, byte {exc.start}: "
+                           f"{data[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -t UTF-8") from None
+    if "\x00" in text:
+        raise SimattrError(f"{label} holds NUL bytes: a binary file, not text")
+    if not text:
+        return []
+    return [ln.rstrip("\r") for ln in text.split("\n")][: -1 if text.endswith("\n") else None]
 
 
 def _read_pairs(args) -> list:
@@ -222,83 +242,105 @@ def _shard(spec: str, n: int) -> range:
     return range(k * n // parts, (k + 1) * n // parts)
 
 
-def _written(path) -> set:
-    """Indices of the pairs already in an explain-many output; a last line cut short (a killed run) is removed."""
-    import os
-    if not os.path.exists(path):
-        return set()
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            fh.truncate(end)
-    done = set()
-    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
-        try:
-            done.add(int(json.loads(line)["index"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise SimattrError(f"{path}:{n}: not a line of simattr explain-many; cannot resume") from None
-    return done
+def _job_settings(args, pairs: list) -> dict:
+    """What decides an explain-many job's lines: method, options, model and the input pairs (by a digest)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for _, _, a, b in pairs:
+        digest.update(json.dumps([a, b]).encode("utf-8"))
+    options = {dest: getattr(args, dest, None) for dest in _OPTION_NAMES}
+    return {"method": args.method, "options": options, "model": args.model, "model_b": args.model_b,
+            "pooling": args.pooling, "dtype": args.dtype, "max_length": args.max_length, "shard": args.shard,
+            "faithfulness": args.faithfulness, "pairs": digest.hexdigest()}
+
+
+def _check_outputs(args, inputs=()) -> None:
+    """Every file the command will write, checked before the model loads: its folder exists, it is not a folder,
+    it is not one of the inputs."""
+    from .outputs import check_writable, same_file
+    for flag in ("output", "html", "png"):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        check_writable(path, f"--{flag}")
+        for source in inputs:
+            if source and source != "-" and same_file(path, source):
+                raise SimattrError(f"--{flag} {path!r} is the input file {source!r}; write elsewhere")
 
 
 def _explain_many(args, argv) -> int:
+    from .outputs import JobOutput, settings_hash
     if args.job_size < 1:
         raise SimattrError(f"--job-size must be positive, got {args.job_size}")
     if args.resume and not args.output:
         raise SimattrError("--resume needs --output")
-    todo = list(enumerate(_read_pairs(args)))  # (global index, (index_a, index_b, text_a, text_b))
+    _check_outputs(args, (args.pairs, args.texts_a, args.texts_b))
+    pairs = _read_pairs(args)
+    todo = list(enumerate(pairs))  # (global index, (index_a, index_b, text_a, text_b))
     if not todo:
         raise SimattrError("no pairs to explain")
     if args.shard:
         todo = [todo[k] for k in _shard(args.shard, len(todo))]
-    if args.resume:
-        done = _written(args.output)
-        todo = [t for t in todo if t[0] not in done]
-        if not todo:
-            return 0
+    _explainer_options(args)  # a bad option fails before anything is written or loaded
+    with contextlib.ExitStack() as stack:
+        job = None
+        if args.output is not None:
+            job = stack.enter_context(JobOutput(args.output, settings_hash(_job_settings(args, pairs)), args.resume))
+            todo = [t for t in todo if t[0] not in job.done]
+        if todo:
+            _run_many(args, argv, todo, job.write if job else _stdout_line)
+        if job is not None:
+            job.finish()
+    return 0
+
+
+def _stdout_line(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def _run_many(args, argv, todo: list, emit) -> None:
     ex, explicit, soft = _explainer(args, argv)
-    out = sys.stdout if args.output is None else open(args.output, "a" if args.resume else "w", encoding="utf-8")
     t0, done = time.perf_counter(), 0
 
     def write(k, i, j, fields):
         nonlocal done
-        out.write(json.dumps({"index": k, "a": i, "b": j, **fields}) + "\n")
-        out.flush()
+        emit({"index": k, "a": i, "b": j, **fields})
         done += 1
         if args.progress:
             rate = (time.perf_counter() - t0) / done
             print(f"simattr: {done}/{len(todo)} pairs, {rate:.2f} s/pair, about "
                   f"{rate * (len(todo) - done) / 60:.1f} min left", file=sys.stderr, flush=True)
 
-    try:
-        for k0 in range(0, len(todo), args.job_size):
-            block = todo[k0:k0 + args.job_size]
-            written = 0
-            try:
-                results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
-                                       soft_options=soft, **explicit)
-                with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
-                    for (k, (i, j, a, b)), e in zip(block, results):
-                        if args.faithfulness:
-                            _faithfulness(ex, a, b, e, args)
-                        write(k, i, j, e.to_dict())
-                        written += 1
-            except SimattrError:
-                if not args.skip_errors:
+    for k0 in range(0, len(todo), args.job_size):
+        block = todo[k0:k0 + args.job_size]
+        written = 0
+        try:
+            results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
+                                   soft_options=soft, **explicit)
+            with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
+                for (k, (i, j, a, b)), e in zip(block, results):
+                    if args.faithfulness:
+                        _faithfulness(ex, a, b, e, args)
+                    write(k, i, j, e.to_dict())
+                    written += 1
+        except OutputError:
+            raise
+        except SimattrError:
+            if not args.skip_errors:
+                raise
+            # a text of this block cannot be explained: the rest of the block pair by pair, errors as lines
+            for k, (i, j, a, b) in block[written:]:
+                try:
+                    e = ex.explain(a, b, method=args.method, soft_options=soft, **explicit)
+                    if args.faithfulness:
+                        _faithfulness(ex, a, b, e, args)
+                    fields = e.to_dict()
+                except OutputError:
                     raise
-                # a text of this block cannot be explained: the rest of the block pair by pair, errors as lines
-                for k, (i, j, a, b) in block[written:]:
-                    try:
-                        e = ex.explain(a, b, method=args.method, soft_options=soft, **explicit)
-                        if args.faithfulness:
-                            _faithfulness(ex, a, b, e, args)
-                        write(k, i, j, e.to_dict())
-                    except SimattrError as exc:
-                        write(k, i, j, {"error": str(exc)})
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    return 0
+                except SimattrError as exc:
+                    fields = {"error": str(exc)}
+                write(k, i, j, fields)
 
 
 def _info(args) -> int:
@@ -345,6 +387,9 @@ def main(argv=None) -> int:
     except SimattrError as exc:
         print(f"simattr: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("simattr: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`simattr explain ... | head`): not an error of ours
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .encoders import CallableEncoder, Encoder, Tokens
-from .errors import SimattrError
+from .errors import SimattrError, check_finite
 
 
 @dataclass
@@ -86,6 +86,7 @@ def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int
             model.train(training)
     S = max(t.length for t in toks)
     emb = _pad_stack(rows, S)
+    check_finite(emb, f"the token embeddings at layer {layer}")
     mask = torch.zeros(len(toks), S, dtype=torch.bool, device=emb.device)
     for k, t in enumerate(toks):
         mask[k, : t.length] = True

@@ -10,6 +10,7 @@ is never stored. The planner picks the mode with fewer passes, and the chunk siz
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
 from . import contraction
-from .errors import NumericalError, SimattrError
+from .errors import SimattrError, check_finite
 
 MODES = ("auto", "forward", "reverse")
 #: pair-level modes (simattr/jobs.py): "cross" = forward mode on the side with fewer units, then VJPs on the other
@@ -83,6 +84,8 @@ class Plan:
     #: reverse mode: the Jacobian-contraction backend requested (simattr.contraction: "auto", "torch", "cpp",
     #: "triton", "cuda"); after the run, the one that ran (None in forward mode, which has no contraction)
     contraction: Optional[str] = "auto"
+    #: times the chunks were halved after running out of memory (`path_attribution`)
+    memory_retries: int = 0
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -97,29 +100,42 @@ def default_budget(device: torch.device) -> int:
 
 
 def parse_memory(value) -> Optional[int]:
+    """max_memory as bytes: a positive finite number of bytes, or a string like '4GB', '512MiB', '1e9' (None: the
+    device's default). Anything else — zero, negative, inf, NaN, a bool — is a SimattrError."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise SimattrError(f"max_memory must be positive, got {value!r}")
-        return int(value)
+    how = "a positive byte count or a string like '4GB'"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SimattrError(f"max_memory must be {how}, got {value!r}")
+    number, scale = value, 1
     if isinstance(value, str):
         v = value.strip().upper().replace("IB", "").replace("B", "")
         units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        if v and v[-1] in units:
+            v, scale = v[:-1], units[v[-1]]
         try:
-            if v and v[-1] in units:
-                return int(float(v[:-1]) * units[v[-1]])
-            return int(float(v))
+            number = float(v)
         except ValueError:
-            pass
-    raise SimattrError(f"max_memory must be a byte count or a string like '4GB', got {value!r}")
+            raise SimattrError(f"max_memory must be {how}, got {value!r}") from None
+    if not math.isfinite(float(number)) or not math.isfinite(float(number) * scale) or number * scale < 1:
+        raise SimattrError(f"max_memory must be {how}, got {value!r}")
+    return int(number * scale)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: Optional[int] = None,
          batch_size: Optional[int] = None, device=torch.device("cpu"), allow_forward: bool = True,
-         contraction: str = "auto") -> Plan:
+         contraction: str = "auto", budget_given: bool = False) -> Plan:
     """Choose forward or reverse mode (fewer passes: units vs output dimensions) and chunk sizes for a budget.
-    contraction: the reverse-mode contraction backend to request (`simattr.contraction`)."""
+    contraction: the reverse-mode contraction backend to request (`simattr.contraction`). budget_given: the budget
+    is the caller's max_memory, so a text whose smallest chunk (one tangent at one node) does not fit is refused
+    rather than run over it."""
     if mode not in MODES:
         raise SimattrError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -152,6 +168,11 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
             n_c = max(1, min(n_nodes, (budget // 2) // max(saved, 1)))
             u_c = max(1, min(D, (budget - n_c * saved) // max(n_c * per, 1)))
         est = n_c * saved + u_c * n_c * per
+    smallest = shape.forward_element() if mode == "forward" else shape.reverse_saved() + shape.reverse_element()
+    if budget_given and batch_size is None and smallest > budget:
+        raise SimattrError(f"max_memory={format_bytes(budget)} cannot hold one {mode}-mode chunk of this "
+                           f"{shape.seq}-token text (one tangent at one path node needs about "
+                           f"{format_bytes(smallest)}): give at least that, or leave max_memory unset")
     return Plan(mode=mode, unit_chunk=int(u_c), node_chunk=int(n_c), budget_bytes=int(budget),
                 estimated_bytes=int(est), reason=reason, contraction=contraction)
 
@@ -159,11 +180,6 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
 def named(name: str):
     """A named range for `torch.profiler` traces (and NVTX under `emit_nvtx`): `simattr::<name>`."""
     return torch.profiler.record_function(f"simattr::{name}")
-
-
-def _check_finite(t: Tensor, what: str):
-    if not torch.isfinite(t).all():
-        raise NumericalError(f"NaN or Inf in {what}: check the model, the dtype (fp16 overflows easily) and the inputs")
 
 
 def active_units(unit_matrix: Tensor, tangent: Tensor) -> list:
@@ -253,19 +269,46 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
     return Gs if pooled else Gs @ um.to(Gs.dtype).T
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def path_attribution(f: Callable, start: Tensor, delta: Tensor, alphas, weights, unit_matrix: Tensor, out_dim: int,
                      p: Plan, tangent: Optional[Tensor] = None, cotangents: Optional[Tensor] = None) -> Tensor:
     """Dispatch to forward or reverse mode. start, delta: [1, S, H]; alphas, weights: 1-D.
-    `cotangents` [K, D] (reverse mode only) contracts with given rows instead of the one-hot e_k: [K, U]."""
+    `cotangents` [K, D] (reverse mode only) contracts with given rows instead of the one-hot e_k: [K, U].
+
+    Out of memory inside a chunk: the chunks are halved (tangents first, then nodes; `p.memory_retries`, and
+    `p.reason` says so) and the attribution is run again from the start; with chunks of one tangent at one node it
+    is a SimattrError."""
+    if p.mode == "forward" and cotangents is not None:
+        raise ValueError("cotangents need reverse mode")
     alphas = torch.as_tensor(alphas, dtype=torch.float64).to(start.device)
     weights = torch.as_tensor(weights, dtype=torch.float64).to(start.device)
-    if p.mode == "forward":
-        if cotangents is not None:
-            raise ValueError("cotangents need reverse mode")
-        G = forward_mode(f, start, delta, alphas, weights, unit_matrix, out_dim, p, tangent)
-    else:
-        G = reverse_mode(f, start, delta, alphas, weights, unit_matrix, out_dim, p, tangent, cotangents)
-    _check_finite(G, "the attribution (G)")
+    run = forward_mode if p.mode == "forward" else reverse_mode
+    extra = () if p.mode == "forward" else (cotangents,)
+    while True:
+        try:
+            G = run(f, start, delta, alphas, weights, unit_matrix, out_dim, p, tangent, *extra)
+            break
+        except Exception as exc:  # noqa: BLE001  (only allocation failures are handled)
+            if not out_of_memory(exc):
+                raise
+            if start.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if p.unit_chunk == 1 and p.node_chunk == 1:
+                raise SimattrError(f"out of memory on {start.device} with chunks of one tangent at one path node "
+                                   f"({start.shape[1]} tokens): use a shorter text (max_length), a smaller dtype "
+                                   f"or another device") from None
+            if p.unit_chunk > 1:
+                p.unit_chunk = max(1, p.unit_chunk // 2)
+            else:
+                p.node_chunk = max(1, p.node_chunk // 2)
+            p.memory_retries += 1
+            p.reason += f"; out of memory: chunks halved to {p.unit_chunk} tangents x {p.node_chunk} nodes"
+    check_finite(G, "the attribution (G)")
     return G
 
 
@@ -284,7 +327,7 @@ def full_tangent_values(f: Callable, start: Tensor, delta: Tensor, alphas, shape
             with named("full_tangent"):
                 out.append(jvp(f, (xs,), (delta.expand_as(xs),))[1])
     values = torch.cat(out)
-    _check_finite(values, "the full-tangent integrand")
+    check_finite(values, "the full-tangent integrand")
     return values
 
 

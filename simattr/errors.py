@@ -9,6 +9,19 @@ class NumericalError(SimattrError):
     """The computation produced NaN or Inf."""
 
 
+class OutputError(SimattrError):
+    """A result could not be written (full disk, permissions); what was written before is kept."""
+
+
+def check_finite(t, what: str) -> None:
+    """NumericalError if `t` (a tensor, an array or a number) holds NaN or Inf: the same report from every method."""
+    import numpy as np
+    import torch
+    finite = torch.isfinite(t).all() if isinstance(t, torch.Tensor) else np.isfinite(np.asarray(t, dtype=float)).all()
+    if not bool(finite):
+        raise NumericalError(f"NaN or Inf in {what}: check the model, the dtype (fp16 overflows easily) and the inputs")
+
+
 def warn(message: str, category=UserWarning):
     """warnings.warn attributed to the caller's line: the first frame outside simattr (and the standard library's
     contextlib), so a warning raised inside a job's generator names the user's call, not simattr's internals."""

@@ -57,19 +57,42 @@ class Explanation:
     def from_dict(cls, data: dict) -> "Explanation":
         """The inverse of `to_dict` (also reads a line of `simattr explain-many`): keys other than the fields go
         to `extras` (`total` is recomputed from the matrix)."""
+        if not isinstance(data, dict):
+            raise SimattrError(f"not an explanation: a dict (a JSON object) is needed, got {type(data).__name__}")
         d = dict(data)
         missing = [k for k in ("method", "matrix", "tokens_a", "tokens_b", "score") if k not in d]
         if missing:
             raise SimattrError(f"not an explanation: no {', '.join(missing)}")
         d.pop("total", None)
-        matrix = np.asarray(d.pop("matrix"), dtype=np.float64).reshape(len(d["tokens_a"]), len(d["tokens_b"]))
-        return cls(method=d.pop("method"), matrix=matrix, tokens_a=list(d.pop("tokens_a")),
-                   tokens_b=list(d.pop("tokens_b")), score=float(d.pop("score")), terms=dict(d.pop("terms", {})),
-                   error=d.pop("error", None), settings=dict(d.pop("settings", {})), extras=d)
+        tokens_a, tokens_b = d.pop("tokens_a"), d.pop("tokens_b")
+        for name, toks in (("tokens_a", tokens_a), ("tokens_b", tokens_b)):
+            if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
+                raise SimattrError(f"not an explanation: {name} must be a list of strings")
+        shape = (len(tokens_a), len(tokens_b))
+        try:
+            matrix = np.asarray(d.pop("matrix"), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SimattrError(f"not an explanation: the matrix must be {shape[0]} rows of {shape[1]} numbers") from None
+        if matrix.shape != shape and not (matrix.size == 0 and 0 in shape):
+            raise SimattrError(f"not an explanation: the matrix is {'x'.join(map(str, matrix.shape))}, the tokens "
+                               f"make {shape[0]}x{shape[1]}")
+        matrix = matrix.reshape(shape)
+        score, terms, settings = d.pop("score"), d.pop("terms", None) or {}, d.pop("settings", None) or {}
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise SimattrError(f"not an explanation: score must be a number, got {score!r}")
+        if not isinstance(terms, dict) or not isinstance(settings, dict):
+            raise SimattrError("not an explanation: terms and settings must be JSON objects")
+        return cls(method=str(d.pop("method")), matrix=matrix, tokens_a=list(tokens_a), tokens_b=list(tokens_b),
+                   score=float(score), terms=dict(terms), error=d.pop("error", None), settings=dict(settings),
+                   extras=d)
 
     @classmethod
     def from_json(cls, text: str) -> "Explanation":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise SimattrError(f"not an explanation: not JSON ({exc})") from None
+        return cls.from_dict(data)
 
     def format(self, top: int = 10, max_tokens: int = 24) -> str:
         """A readable report: score, checks, the matrix (if small) and the strongest interactions."""

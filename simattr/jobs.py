@@ -111,16 +111,6 @@ def plan_pairs(items: Sequence[Item], pairs: Sequence[tuple], out_dim: int, mode
     return PairPlan(materialise=keep, how=[how(i, j) for i, j in pairs], cost=cost, pairwise_cost=pairwise)
 
 
-def embedding_size(job, embedding) -> int:
-    """D of a text's embedding, set on the job by its first text; every text (both towers) must match it."""
-    D = embedding.shape[-1]
-    if job.out_dim is None:
-        job.out_dim = D
-    elif D != job.out_dim:
-        raise SimattrError(f"the two towers give embeddings of different sizes {job.out_dim} and {D}")
-    return D
-
-
 class GCache:
     """G's of texts kept across jobs (`Explainer(cache_size=N)`), least recently used dropped first.
 
@@ -326,7 +316,7 @@ class PairJob(Protocol):
     """What a method gives the runner (methods/ij.py `IJJob`, methods/bilrp.py `BiLRPJob`)."""
 
     mode: str  # "auto", "forward", "reverse" or "cross" (plan_pairs)
-    out_dim: int  # D, known once the job's context is entered
+    out_dim: int  # D, known once the job has prepared its first text (the job sets it itself)
 
     def context(self):
         """Context manager around the whole job (prepared encoders, attention, rules)."""
@@ -347,7 +337,8 @@ class PairJob(Protocol):
         ...
 
     def begin(self, sides, pairs: list):
-        """Job-wide settings that need every side (IJ: steps='auto'); sides[t] gives text t's side."""
+        """Planning: the job-wide settings that need every side (IJ: steps='auto'), decided once before any pass
+        and not changed after; sides[t] gives text t's side."""
 
     def attribution(self, side):
         """(G [D, U], plan dict) of one text."""
@@ -392,108 +383,170 @@ def _nbytes(side) -> int:
     return sum(v.nbytes for v in vars(side).values() if hasattr(v, "nbytes") and hasattr(v, "dtype"))
 
 
+def pair_indices(n_a: int, n_b: int, all_pairs: bool = False) -> list:
+    """(i, j) per pair: every (a, b) when all_pairs, else the k-th of each side (one text on a side pairs with all)."""
+    if all_pairs:
+        return [(i, j) for i in range(n_a) for j in range(n_b)]
+    if n_a != n_b and 1 not in (n_a, n_b):
+        raise SimattrError(f"{n_a} texts a and {n_b} texts b: give equal numbers, one text on a side, or "
+                           f"all_pairs=True")
+    return [(0 if n_a == 1 else k, 0 if n_b == 1 else k) for k in range(max(n_a, n_b))]
+
+
+@dataclass
+class JobPlan:
+    """What `plan` decides before any pass: the distinct texts, each pair's two of them, which G's are made and how
+    each pair's A is made. Read by `execute`; nothing in it changes while the job runs."""
+
+    texts: list  # item id -> (tower, text)
+    ids: list  # pair -> (item id a, item id b)
+    items: list  # item id -> Item
+    pairs: PairPlan
+    cache_keys: Optional[list]  # item id -> its GCache key (None: no cache)
+    setup_seconds: float  # per pair: its share of tokenising, f(x), f(r) and choosing the steps
+
+    def known_and_other(self, q: int) -> tuple:
+        """(the text whose G is known, the text the cross passes run on) of a pair made by cross passes."""
+        i, j = self.ids[q]
+        return (i, j) if self.pairs.how[q] == "cross-a" else (j, i)
+
+
+def distinct_texts(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], pairs: list) -> tuple:
+    """(texts, ids): each distinct (tower key, text) once — towers whose G of a text is the same share it — and
+    per pair its two item ids."""
+    index, texts, ids = {}, [], []
+    for i, j in pairs:
+        pair_ids = []
+        for tower, text in ((0, texts_a[i]), (1, texts_b[j])):
+            key = (job.tower_key(tower), text)
+            if key not in index:
+                index[key] = len(texts)
+                texts.append((tower, text))
+            pair_ids.append(index[key])
+        ids.append(tuple(pair_ids))
+    return texts, ids
+
+
+def plan(job: PairJob, sides: "Sides", texts: list, ids: list, cache: Optional[GCache], t_start: float) -> JobPlan:
+    """The job's plan: each text's Item, the method's job-wide settings (`job.begin`: IJ's steps), the cache keys
+    (a tower's key once per job, not once per text) and the pair plan."""
+    items = [job.item(sides[t]) for t in range(len(texts))]
+    with named("begin"):
+        job.begin(sides, ids)
+    cache_keys = None
+    if cache is not None:
+        tower_keys = {tower: job.cache_key(tower) for tower in {tower for tower, _ in texts}}
+        cache_keys = [(tower_keys[tower], text, job.text_cache_key(tower, text)) for tower, text in texts]
+        for item, key in zip(items, cache_keys):
+            item.cached = key in cache
+    pairs = plan_pairs(items, ids, job.out_dim, job.mode)
+    return JobPlan(texts, ids, items, pairs, cache_keys, (time.perf_counter() - t_start) / max(1, len(ids)))
+
+
+class _Attributions:
+    """The G's of the materialised texts: made at first use (or read from the cache, and put there when made),
+    each reported in full once and as `reused` after, dropped with the text's side after its last pair."""
+
+    def __init__(self, job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache]):
+        self.job, self.p, self.sides, self.cache = job, p, sides, cache
+        self.G, self.plans, self.reported = {}, {}, set()
+        self.remaining = [0] * len(p.items)
+        for i, j in p.ids:
+            self.remaining[i] += 1
+            self.remaining[j] += 1
+
+    def __call__(self, t: int):
+        if t not in self.G and self.p.items[t].cached:
+            self.G[t], plan_t = self.cache.get(self.p.cache_keys[t])
+            self.plans[t] = dict(plan_t, cached=True)
+        elif t not in self.G:
+            side = self.sides[t]
+            with named("attribution"):
+                self.G[t], self.plans[t] = self.job.attribution(side)
+            if self.cache is not None:
+                self.cache.put(self.p.cache_keys[t], (self.G[t], self.plans[t]))
+        return self.G[t]
+
+    def plan_of(self, t: int, cross_plan: Optional[dict]):
+        """The plan reported for text t in a pair: its G's (the first time in full, then `reused`), or the pair's
+        cross run's when its G was never made."""
+        if t not in self.G:
+            return cross_plan
+        reused = t in self.reported
+        self.reported.add(t)
+        return dict(self.plans[t], reused=True) if reused else self.plans[t]
+
+    def done(self, pair: tuple):
+        for t in pair:
+            self.remaining[t] -= 1
+            if self.remaining[t] == 0:
+                self.G.pop(t, None)
+                self.sides.drop(t)
+
+
+class _CrossRuns:
+    """The A's of the pairs made by cross passes: the first such pair on a text runs one reverse-mode pass over it
+    for every later pair crossing on the same text (all their known G's as cotangents), its time shared out."""
+
+    def __init__(self, job: PairJob, p: JobPlan, sides: "Sides", made: _Attributions):
+        self.job, self.p, self.sides, self.made, self.done = job, p, sides, made, {}
+        self.by_other = {}  # text -> the pairs that get A by cross passes on it, in order
+        for q, how in enumerate(p.pairs.how):
+            if how != "both":
+                self.by_other.setdefault(p.known_and_other(q)[1], []).append(q)
+
+    def __call__(self, k: int) -> tuple:
+        """(A [U_a, U_b], the run's plan, this pair's share of the run's seconds)."""
+        if k not in self.done:
+            other = self.p.known_and_other(k)[1]
+            group = [q for q in self.by_other[other] if q >= k and q not in self.done]
+            knowns = list(dict.fromkeys(self.p.known_and_other(q)[0] for q in group))
+            t0 = time.perf_counter()
+            Ms, run_plan = _cross_run(self.job, [self.made(t) for t in knowns], self.sides[other])
+            share = (time.perf_counter() - t0) / len(group)
+            M_of, run_plan = dict(zip(knowns, Ms)), dict(run_plan, pairs_in_run=len(group))
+            for q in group:
+                self.done[q] = (M_of[self.p.known_and_other(q)[0]], run_plan, share)
+        M, run_plan, share = self.done.pop(k)
+        return (M if self.p.pairs.how[k] == "cross-a" else M.T), run_plan, share
+
+
+def execute(job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache], zt) -> Iterator:
+    """The explanations of the planned pairs, in order; the caller's code between pairs runs with the job's
+    process-wide changes paused (`runtime.paused(zt)`)."""
+    made = _Attributions(job, p, sides, cache)
+    crossed = _CrossRuns(job, p, sides, made)
+    for k, ((i, j), how) in enumerate(zip(p.ids, p.pairs.how)):
+        t0 = time.perf_counter()
+        if how == "both":
+            A, cross_plan, share = made(i).T.double() @ made(j).double(), None, 0.0
+        else:
+            A, cross_plan, share = crossed(k)
+            t0 = time.perf_counter()
+        plans = [made.plan_of(t, cross_plan) for t in (i, j)]
+        e = job.explanation(sides[i], sides[j], A, made.G.get(i), made.G.get(j), plans,
+                            time.perf_counter() - t0 + share + p.setup_seconds)
+        if len(p.ids) > 1:
+            e.extras["job"] = dict(p.pairs.as_dict(), pairs=len(p.ids), texts=len(p.items), how=how)
+        with runtime.paused(zt):
+            yield e
+        made.done((i, j))
+
+
 def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs: bool = False,
         side_bytes: int = SIDE_CACHE_BYTES, cache: Optional[GCache] = None) -> Iterator:
-    """Explanations of the pairs (texts_a[k], texts_b[k]) — or of every (a, b) when all_pairs — in order.
+    """Explanations of the pairs (texts_a[k], texts_b[k]) — or of every (a, b) when all_pairs — in order: the
+    distinct texts, then the plan (`plan`), then its execution (`execute`), inside the job's runtime context.
     side_bytes: how much of the prepared texts to keep (`Sides`); cache: G's kept across jobs (used and filled)."""
     texts_a, texts_b = list(texts_a), list(texts_b)
-    if all_pairs:
-        pairs = [(i, j) for i in range(len(texts_a)) for j in range(len(texts_b))]
-    else:
-        if len(texts_a) != len(texts_b) and 1 not in (len(texts_a), len(texts_b)):
-            raise SimattrError(f"{len(texts_a)} texts a and {len(texts_b)} texts b: give equal numbers, one text "
-                               f"on a side, or all_pairs=True")
-        n = max(len(texts_a), len(texts_b))
-        pairs = [(0 if len(texts_a) == 1 else k, 0 if len(texts_b) == 1 else k) for k in range(n)]
+    pairs = pair_indices(len(texts_a), len(texts_b), all_pairs)
     if not pairs:
         return
-    t_setup = time.perf_counter()
+    t_start = time.perf_counter()
     with runtime.computation(job) as zt:  # everything process-wide this job changes (simattr/runtime.py)
-        keys, ids, towers = {}, [], []  # (tower key, text) -> item id; pair -> (id_a, id_b); id -> (tower, text)
-        for i, j in pairs:
-            pair_ids = []
-            for tower, text in ((0, texts_a[i]), (1, texts_b[j])):
-                key = (job.tower_key(tower), text)
-                if key not in keys:
-                    keys[key] = len(towers)
-                    towers.append((tower, text))
-                pair_ids.append(keys[key])
-            ids.append(tuple(pair_ids))
-        sides = Sides(job, towers, side_bytes)
-        items = [job.item(sides[t]) for t in range(len(towers))]
-        with named("begin"):
-            job.begin(sides, ids)
-        if cache is not None:  # a tower's key (its model fingerprint, its options) once per job, not once per text
-            tower_keys = {tower: job.cache_key(tower) for tower in {tower for tower, _ in towers}}
-            cache_keys = [(tower_keys[tower], text, job.text_cache_key(tower, text)) for tower, text in towers]
-        else:
-            cache_keys = None
-        for t, item in enumerate(items):
-            item.cached = cache_keys is not None and cache_keys[t] in cache
-        pair_plan = plan_pairs(items, ids, job.out_dim, job.mode)
-        job.pair_plan = pair_plan
-        setup = (time.perf_counter() - t_setup) / max(1, len(ids))  # tokenising, f(x), f(r), steps: shared
-        remaining = [0] * len(items)
-        for i, j in ids:
-            remaining[i] += 1
-            remaining[j] += 1
-
-        def ends(q):  # (known, other) of a pair made by cross passes
-            i, j = ids[q]
-            return (i, j) if pair_plan.how[q] == "cross-a" else (j, i)
-        by_other = {}  # text -> the pairs that get A by cross passes on it, in order
-        for k, how in enumerate(pair_plan.how):
-            if how != "both":
-                by_other.setdefault(ends(k)[1], []).append(k)
-        G, plans, reported, crossed = {}, {}, set(), {}
-
-        def made(t):
-            if t not in G and items[t].cached:
-                G[t], plan = cache.get(cache_keys[t])
-                plans[t] = dict(plan, cached=True)
-            elif t not in G:
-                side = sides[t]
-                with named("attribution"):
-                    G[t], plans[t] = job.attribution(side)
-                if cache is not None:
-                    cache.put(cache_keys[t], (G[t], plans[t]))
-            return G[t]
-
-        for k, ((i, j), how) in enumerate(zip(ids, pair_plan.how)):
-            t0, share = time.perf_counter(), 0.0
-            if how == "both":
-                A = made(i).T.double() @ made(j).double()
-            else:
-                other = ends(k)[1]
-                if k not in crossed:  # one cross run for every later pair crossing on the same text
-                    group = [q for q in by_other[other] if q >= k and q not in crossed]
-                    knowns = list(dict.fromkeys(ends(q)[0] for q in group))
-                    Ms, run_plan = _cross_run(job, [made(t) for t in knowns], sides[other])
-                    M_of, run_plan = dict(zip(knowns, Ms)), dict(run_plan, pairs_in_run=len(group))
-                    run_s = time.perf_counter() - t0
-                    t0 += run_s  # the run's time is shared out over its pairs
-                    for q in group:
-                        crossed[q] = (M_of[ends(q)[0]], run_plan, run_s / len(group))
-                M, cross_plan, share = crossed.pop(k)
-                A = M if how == "cross-a" else M.T
-            pair_plans = []
-            for t in (i, j):
-                if t in G:
-                    pair_plans.append(plans[t] if t not in reported else dict(plans[t], reused=True))
-                    reported.add(t)
-                else:
-                    pair_plans.append(cross_plan)
-            e = job.explanation(sides[i], sides[j], A, G.get(i), G.get(j), pair_plans,
-                                time.perf_counter() - t0 + share + setup)
-            if len(ids) > 1:
-                e.extras["job"] = dict(pair_plan.as_dict(), pairs=len(ids), texts=len(items), how=how)
-            with runtime.paused(zt):  # the caller's code between pairs runs with PyTorch's own kernels
-                yield e
-            for t in (i, j):  # a text's tensors are dropped after its last pair
-                remaining[t] -= 1
-                if remaining[t] == 0:
-                    G.pop(t, None)
-                    sides.drop(t)
+        texts, ids = distinct_texts(job, texts_a, texts_b, pairs)
+        sides = Sides(job, texts, side_bytes)
+        yield from execute(job, plan(job, sides, texts, ids, cache, t_start), sides, cache, zt)
 
 
 def _cross_run(job: PairJob, Gs: list, other):

@@ -103,9 +103,12 @@ def positive_number(v):
 
 
 def fraction(v):
-    f = positive_number(v) if v != 0 else 0.0
+    try:
+        f = positive_number(v) if v != 0 else 0.0
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
     if not 0 <= f <= 1:
-        raise ValueError("must be between 0 and 1")
+        raise ValueError("must be a number between 0 and 1")
     return f
 
 

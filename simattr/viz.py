@@ -7,11 +7,11 @@ form is `Explanation.format()`.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 
 from .errors import SimattrError
+from .outputs import check_writable, write_atomic
 
 
 def _colour(v: float, scale: float) -> str:
@@ -75,7 +75,7 @@ def to_html(e, path=None, digits: int = 3, title: str = None) -> str:
     out.append("</body></html>")
     page = "\n".join(out)
     if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
+        write_atomic(path, lambda fh: fh.write(page), "HTML file")
     return page
 
 
@@ -86,6 +86,7 @@ def to_png(e, path, dpi: int = 150, title: str = None):
         from matplotlib.figure import Figure
     except ImportError:
         raise SimattrError("to_png needs matplotlib (pip install matplotlib)") from None
+    check_writable(path, "PNG file")
     m = np.asarray(e.matrix, dtype=np.float64)
     scale = float(np.abs(m).max()) or 1.0
     h, w = m.shape
@@ -98,5 +99,5 @@ def to_png(e, path, dpi: int = 150, title: str = None):
     ax.set_title(title or f"{e.method}: score {e.score:.4f}, ΣA {e.total:.4f}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"), "PNG file", binary=True)
     return path

@@ -121,8 +121,18 @@ class BaseEncoder(abc.ABC):
             truncated = True
         word_ids = enc.word_ids(0) if hasattr(enc, "word_ids") and getattr(enc, "encodings", None) else None
         id_list = ids[0].tolist()
-        special_ids = set(self.tokenizer.all_special_ids)
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        special_ids = set(self.tokenizer.all_special_ids) - {unk}  # [UNK] stands for text: it is explained
         special = [i in special_ids for i in id_list]
+        if all(special):
+            raise SimattrError(f"text {_clip(text)} has no token to explain: the tokenizer makes only "
+                               f"{' '.join(self.tokenizer.convert_ids_to_tokens(id_list))} of it (control or "
+                               f"zero-width characters?)")
+        if unk is not None and unk in id_list:
+            words = _unknown_words(text, enc, id_list, unk)
+            warn(f"text {_clip(text)}: {id_list.count(unk)} token(s) unknown to the tokenizer "
+                 f"({', '.join(map(repr, words)) or 'some characters'} -> {self.tokenizer.unk_token}); "
+                 f"their attributions are those of {self.tokenizer.unk_token}'s embedding")
         if word_ids is None:
             word_ids = [None if s else k for k, s in enumerate(special)]
         else:
@@ -161,3 +171,16 @@ def prepared(*encoders):
         yield
 
 
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _unknown_words(text: str, enc, id_list: list, unk: int) -> list:
+    """The pieces of `text` that became the unknown token (by the tokenizer's offsets, when it gives them)."""
+    try:
+        spans = [enc.token_to_chars(0, k) for k, i in enumerate(id_list) if i == unk]
+        return [text[sp.start:sp.end] for sp in spans if sp is not None]
+    except Exception:  # noqa: BLE001  (slow tokenizers have no offsets)
+        return []

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import torch
 from torch import nn
 
 from ..errors import SimattrError
@@ -108,13 +109,59 @@ def _load_hf(path, **kwargs):
     return model, tok
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(device):
+    """`device` as a torch.device that exists here (None: where the model is); SimattrError otherwise."""
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise SimattrError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1' (or a torch.device), got "
+                           f"{device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SimattrError(f"device {device!r} is not a device; give 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type not in DEVICE_TYPES:
+        raise SimattrError(f"device {device!r}: simattr runs on {', '.join(DEVICE_TYPES)}")
+    if dev.type != "cpu":
+        backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
+        available = bool(backend is not None and backend.is_available())
+        if not available:
+            built = " (this torch is built without CUDA)" if dev.type == "cuda" and torch.version.cuda is None else ""
+            raise SimattrError(f"device {device!r}: no {dev.type.upper()} device is available here{built}")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if dev.index is not None and dev.index >= count:
+            raise SimattrError(f"device {device!r}: there {'is' if count == 1 else 'are'} {count} {dev.type} "
+                               f"device{'' if count == 1 else 's'} here (indices 0..{count - 1})")
+    return dev
+
+
+def check_dtype(dtype):
+    """`dtype` as a floating torch.dtype (a name such as 'float32' is accepted); SimattrError otherwise."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise SimattrError(f"dtype must be a floating-point type (torch.float32, 'float64', 'bfloat16', "
+                           f"'float16'), got {dtype!r}")
+    return dtype
+
+
 def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, device=None, dtype=None,
                  max_length: Optional[int] = None) -> Encoder:
     """Resolve `model` into an Encoder.
 
     model: None (bundled all-MiniLM-L6-v2), an Encoder, a SentenceTransformer object, a Hugging Face model object
     (with `tokenizer`), or a path / hub name (sentence-transformers directory, or a plain HF encoder with `pooling`).
+    device and dtype are checked before anything is loaded.
     """
+    device, dtype = check_device(device), check_dtype(dtype)
+    if max_length is not None and (isinstance(max_length, bool) or not hasattr(max_length, "__index__")
+                                   or max_length.__index__() < 1):
+        raise SimattrError(f"max_length must be a positive integer (tokens), got {max_length!r}")
     if isinstance(model, BaseEncoder):
         enc = model
     elif model is None or isinstance(model, (str, os.PathLike)):

@@ -9,6 +9,8 @@ user-given baseline (P, R, F) or a bert-score baseline file. With the same model
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -49,34 +51,54 @@ def bertscore_batch(Ca: Tensor, Camask: Tensor, wa: Tensor, Rb: Tensor, Rbmask: 
 
 def read_baseline(baseline, layer: int):
     """(P, R, F) from a 3-sequence, a dict with precision/recall/f1 (or P/R/F), or a bert-score baseline file
-    (CSV with columns LAYER,P,R,F: the row of `layer`)."""
+    (CSV with columns LAYER,P,R,F: the row of `layer`). Each value must be a finite number below 1 (the rescaling
+    divides by 1 - b)."""
     if baseline is None:
         return None
     if isinstance(baseline, dict):
         keys = [("precision", "P"), ("recall", "R"), ("f1", "F")]
         try:
-            return tuple(float(baseline[k] if k in baseline else baseline[s]) for k, s in keys)
+            return _check_baseline(tuple(baseline[k] if k in baseline else baseline[s] for k, s in keys), "dict")
         except KeyError:
             raise SimattrError("a baseline dict needs precision, recall and f1 (or P, R, F)") from None
     if isinstance(baseline, (str, bytes)) or hasattr(baseline, "__fspath__"):
         import csv
         from pathlib import Path
-        path = Path(baseline)
+        path = Path(baseline.decode() if isinstance(baseline, bytes) else baseline)
         if not path.is_file():
             raise SimattrError(f"baseline file {str(path)!r} not found")
-        with path.open() as fh:
-            rows = list(csv.reader(fh))
+        try:
+            with path.open(encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise SimattrError(f"cannot read the baseline file {str(path)!r}: {_why(exc)}") from None
         body = [r for r in rows[1:] if r]
         if layer >= len(body):
             raise SimattrError(f"baseline file {str(path)!r} has no row for layer {layer}")
-        return tuple(float(x) for x in body[layer][1:4])
+        return _check_baseline(body[layer][1:4], f"file {str(path)!r}, layer {layer}")
     try:
-        vals = tuple(float(x) for x in baseline)
-    except (TypeError, ValueError):
+        vals = tuple(baseline)
+    except TypeError:
         vals = ()
     if len(vals) != 3:
         raise SimattrError("baseline must be (P, R, F), a dict or a bert-score baseline file")
-    return vals
+    return _check_baseline(vals, "(P, R, F)")
+
+
+def _why(exc) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+        "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc))
+
+
+def _check_baseline(vals, where: str) -> tuple:
+    try:
+        out = tuple(float(v) for v in vals)
+    except (TypeError, ValueError):
+        raise SimattrError(f"baseline {where}: P, R and F must be numbers, got {list(vals)!r}") from None
+    if len(out) != 3 or not all(math.isfinite(v) and v < 1 for v in out):
+        raise SimattrError(f"baseline {where}: P, R and F must be finite numbers below 1 (rescaling divides by "
+                           f"1 - b), got {list(out)!r}")
+    return out
 
 
 def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] = None, idf=None,
@@ -155,7 +177,10 @@ def explain_bertscore(enc_a, enc_b, text_a: str, text_b: str, *, layer: Optional
 
 
 def _baseline(v):
-    if v is None or isinstance(v, (str, dict)) or (isinstance(v, (list, tuple)) and len(v) == 3):
+    if v is None or isinstance(v, str) or hasattr(v, "__fspath__"):
+        return v  # a file: read (and checked) when the layer is known
+    if isinstance(v, dict) or (isinstance(v, (list, tuple)) and len(v) == 3):
+        read_baseline(v, 0)  # numbers: checked now
         return v
     raise ValueError("None, a bert-score baseline file, (P, R, F) or a dict of them")
 

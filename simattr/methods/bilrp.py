@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .. import engine, jobs, rules
 from ..encoders import CallableEncoder, Encoder, Tokens, prepared
-from ..errors import SimattrError, warn
+from ..errors import SimattrError, check_finite, warn
 from ..explanation import Explanation
 from ..options import Option, Options, one_of
 from .common_options import path_options
@@ -83,7 +83,7 @@ def prepare_side(encoder: Encoder, text: str, layer: int, units, sim: str, trunc
     x = encoder.hidden(tokens, layer)
     with torch.no_grad():
         fx = encoder.function(tokens, layer, normalize=sim == "cosine")(x)[0]
-    engine._check_finite(fx, "the model's embedding of the input")
+    check_finite(fx, "the model's embedding of the input")
     return Side(encoder, tokens, x, make_units(tokens, units), fx)
 
 
@@ -177,7 +177,7 @@ class BiLRPJob(PathJob):
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)
-        D = jobs.embedding_size(self, s.fx)
+        D = self.embedding_size(s.fx)
         s.f = modified_function(enc, s.tokens, self.layer, self.sim)
         with self.rules_applied() as state:
             state.counter.reset()

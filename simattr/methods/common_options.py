@@ -22,6 +22,15 @@ def _units(v):
 _units.choices = ("token", "word")
 
 
+def _memory(v):
+    """A positive finite byte count or a string like '4GB' (engine.parse_memory); None: the device's share."""
+    try:
+        engine.parse_memory(v)
+    except ValueError:
+        raise ValueError("must be a positive byte count or a string like '4GB'") from None
+    return v
+
+
 def path_options() -> list:
     """What every path method (A = G_aᵀ G_b, G from passes along the path) takes besides its own."""
     return [
@@ -36,6 +45,7 @@ def path_options() -> list:
                "embedding dimension), cross (the other text's G as cotangents), auto (the cheapest)",
                one_of(*engine.PAIR_MODES)),
         Option("max_memory", None, "working-memory budget, e.g. '4GB' or bytes (default: a share of the device's)",
+               _memory,
                doc_default="device share"),
         Option("internal_batch_size", None, "tangents x path nodes per chunk (default: the memory plan's)",
                integer(1, optional=True), cli=Cli(flag="--batch-size", type=int, dest="batch_size")),

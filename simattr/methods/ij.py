@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import engine, jobs
 from .. import quadrature as quad
 from ..encoders import Encoder, Tokens, prepared
-from ..errors import SimattrError, warn
+from ..errors import SimattrError, check_finite, warn
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, PerSide, boolean, integer, one_of, positive_number
 from ..options import side as side_value
@@ -56,7 +56,7 @@ def prepare_side(encoder: Encoder, text: str, layer: int, ref, units, normalize:
     f = encoder.function(tokens, layer, normalize=normalize)
     with torch.no_grad():
         both = f(torch.cat([x, r], 0))
-    engine._check_finite(both, "the model's embedding of the input or the reference")
+    check_finite(both, "the model's embedding of the input or the reference")
     return Side(encoder, tokens, x, r, f, make_units(tokens, units), both[0], both[1])
 
 
@@ -244,7 +244,7 @@ class IJJob(PathJob):
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.refs[tower], self.units[tower], self.sim == "cosine",
                          self.truncate)
-        D = jobs.embedding_size(self, s.fx)
+        D = self.embedding_size(s.fx)
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
         s.shape.fused_attention = self.attention_of(tower, s) == "fused"
         s.key = (self.tower_key(tower), text)

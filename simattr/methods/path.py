@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import engine, jobs
+from ..errors import SimattrError
 from ..options import side as side_value
 
 
@@ -48,6 +49,7 @@ class PathJob(abc.ABC):
         self.units_option = o.units
         self.layer, self.sim, self.mode, self.truncate = o.layer, o.sim, o.mode, o.truncate
         self.budget = engine.parse_memory(o.max_memory)
+        self.budget_given = self.budget is not None
         self.batch_size, self.contraction = o.internal_batch_size, o.contraction
         self.out_dim = None
 
@@ -65,6 +67,15 @@ class PathJob(abc.ABC):
         return side
 
     # ------------------------------------------------------------------ shared hooks
+    def embedding_size(self, embedding: Tensor) -> int:
+        """D of a text's embedding: the job's out_dim, set by its first text; every text (both towers) must match."""
+        D = embedding.shape[-1]
+        if self.out_dim is None:
+            self.out_dim = D
+        elif D != self.out_dim:
+            raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
+        return D
+
     def tower_key(self, tower: int):
         """0 for both towers when they give a text the same G (one encoder, equal per-side options), else tower."""
         same = self.encoders[0] is self.encoders[1] and all(
@@ -85,7 +96,8 @@ class PathJob(abc.ABC):
         path = self.path(side)
         p = engine.plan(len(side.units), len(path.alphas), side.shape,
                         mode=self.mode if self.mode in engine.MODES else "auto", budget=self.budget,
-                        batch_size=self.batch_size, device=side.x.device, contraction=self.contraction)
+                        batch_size=self.batch_size, device=side.x.device, contraction=self.contraction,
+                        budget_given=self.budget_given)
         with self.around():
             G = engine.path_attribution(path.f, path.start, path.delta, path.alphas, path.weights,
                                         side.units.matrix, self.out_dim, p, tangent=path.tangent)
@@ -99,7 +111,8 @@ class PathJob(abc.ABC):
         path = self.path(other)
         cot = torch.cat([G.T.to(other.x.dtype) for G in Gs])
         p = engine.plan(D + 1, len(path.alphas), other.shape, mode="reverse", budget=self.budget,
-                        batch_size=self.batch_size, device=other.x.device, contraction=self.contraction)
+                        batch_size=self.batch_size, device=other.x.device, contraction=self.contraction,
+                        budget_given=self.budget_given)
         p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
         with self.around():
             M = engine.path_attribution(path.f, path.start, path.delta, path.alphas, path.weights,
