@@ -14,6 +14,8 @@ def resolve_options(method: str, options: dict, soft: dict = None) -> dict:
     """The options `method` runs with: its table (`simattr.options`, declared in the method's module) validates
     every explicit option (unknown names and bad values are SimattrErrors naming them); `soft` options (an
     Explainer's defaults, a front end's) apply where the method has them."""
+    if not isinstance(method, str):
+        raise SimattrError(f"method must be a string, one of {', '.join(sorted(METHODS))}; got {method!r}")
     if method not in METHODS:
         raise SimattrError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     return dict(OPTIONS[method].resolve(options, soft))
@@ -42,10 +44,15 @@ class Explainer:
         self.defaults = dict(defaults)
         if "method" in self.defaults:
             resolve_options(self.defaults["method"], {})
-        for name in self.defaults:
-            if name != "method" and not any(name in table for table in OPTIONS.values()):
+        for name, value in self.defaults.items():
+            if name == "method":
+                continue
+            takers = [m for m, table in OPTIONS.items() if name in table]
+            if not takers:
                 raise SimattrError(f"Explainer default {name!r} is an option of no method; the methods' options: "
                                    f"{', '.join(sorted({o.name for t in OPTIONS.values() for o in t}))}")
+            for m in takers:  # a default is checked now, by every method that takes it
+                OPTIONS[m].resolve({name: value})
         if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
             raise SimattrError(f"cache_size must be a non-negative integer, got {cache_size!r}")
         self.cache = jobs.GCache(cache_size) if cache_size else None
@@ -66,8 +73,9 @@ class Explainer:
         """Explain a and b with `method`. `soft_options`: defaults applied only if the method takes them (the CLI
         passes its defaults this way); an explicit option the method does not take raises SimattrError."""
         opts = dict(options)
-        method = method or opts.pop("method", None) or self.defaults.get("method", "ij")
+        given = opts.pop("method", None) if method is None else method
         opts.pop("method", None)
+        method = self.defaults.get("method", "ij") if given is None else given
         soft = {k: v for k, v in self.defaults.items() if k != "method"}
         soft.update(soft_options or {})
         opts = resolve_options(method, opts, soft)
@@ -84,10 +92,11 @@ class Explainer:
         """`explain_many` as a stream, in order (all_pairs: row by row): ij and bilrp yield each pair as soon as it is
         done (`simattr.jobs.run`; exhaust or close the iterator to restore the model), the batched methods after
         their batch. Options are checked before the first pair."""
-        method = method or self.defaults.get("method", "ij")
+        method = self.defaults.get("method", "ij") if method is None else method
         soft = {k: v for k, v in self.defaults.items() if k != "method"}
         soft.update(soft_options or {})
         opts = resolve_options(method, options, soft)
+        a, b = _ordered(a, "a"), _ordered(b, "b")
         if _no_texts(a) or _no_texts(b):  # an empty batch (a filter left nothing): no pairs
             return (e for e in ())
         a_list, b_list = as_list(a, "a"), as_list(b, "b")
@@ -111,6 +120,7 @@ class Explainer:
 
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
         once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""
+        a, b = _ordered(a, "a"), _ordered(b, "b")  # generators read once
         out = list(self.iter_many(a, b, method, all_pairs=all_pairs, soft_options=soft_options, **options))
         if all_pairs and _no_texts(b):
             out = [[] for _ in ([] if _no_texts(a) else as_list(a, "a"))]
@@ -118,6 +128,33 @@ class Explainer:
             nb = len(as_list(b, "b"))
             out = [out[k:k + nb] for k in range(0, len(out), nb)]
         return out
+
+    def explain_batch(self, batch, method: str = None, *, columns: dict = None, **options):
+        """One result row per input row, never raising for a pair (`simattr.batch.explain_batch`): `batch` has
+        columns id, a, b (a dict of lists, a pandas DataFrame, a pyarrow Table or a datasets.Dataset; `columns`
+        maps other names, e.g. {"id": "qid", "a": "query", "b": "passage"}; without an id column the id is the row
+        number); returns a pyarrow Table of `simattr.results.schema` — a pair that cannot be explained is a row
+        with status "error" and its reason. A bad option is a SimattrError, before any pair."""
+        _require_pyarrow()
+        from .batch import explain_batch
+        return explain_batch(self, batch, method, columns=columns, **options)
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise SimattrError("explain_batch returns a pyarrow Table: pip install 'simattr[data]' (pyarrow)") from None
+
+
+def _ordered(texts, side: str):
+    """One text, or the texts as a list (a generator read once); unordered collections are refused."""
+    if isinstance(texts, str):
+        return texts
+    if isinstance(texts, (set, frozenset, dict, bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        return as_list(texts, side)  # refused there, with the reason
+    texts = list(texts)
+    return as_list(texts, side) if texts else []
 
 
 def _no_texts(texts) -> bool:

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import time
 
-from .errors import OutputError, SimattrError
+from .errors import SimattrError
 
 
 def _floats3(value: str):
@@ -34,28 +32,30 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--faithfulness", action="store_true",
                    help="also check the matrix against the model by occlusion (simattr.evaluate): correlation with "
                         "pairwise occlusion interactions, deletion areas")
-    m = sub.add_parser("explain-many", help="explain many pairs (JSON lines out); each text's G at most once",
-                       description="Pairs from a file (JSON lines with 'a' and 'b', or two tab-separated columns; "
-                                   "'-': standard input), or every text of --texts-a with every text of --texts-b "
-                                   "(--all-pairs) or line by line. One JSON object per pair is written, in order.")
-    m.add_argument("pairs", nargs="?", default=None, help="JSON-lines or TSV file of pairs, '-' for stdin")
+    m = sub.add_parser("explain-many", help="explain a dataset of pairs into Parquet parts or JSON lines",
+                       description="Pairs from a file — JSON lines, CSV / TSV, Parquet (a file or a folder), a saved "
+                                   "Hugging Face datasets folder; '-': JSON lines on standard input — or from "
+                                   "--texts-a / --texts-b. One result row per pair (docs/jobs.md), by id.")
+    m.add_argument("pairs", nargs="?", default=None,
+                   help="the pairs: .jsonl, .csv, .tsv, .parquet, a folder of .parquet files, a datasets folder, '-'")
+    m.add_argument("--columns", default=None, metavar="id=NAME,a=NAME,b=NAME",
+                   help="the input's column names for id, a and b (default id, a, b; no id column: the row number)")
     m.add_argument("--texts-a", default=None, help="file, one text a per line")
     m.add_argument("--texts-b", default=None, help="file, one text b per line")
     m.add_argument("--all-pairs", action="store_true", help="with --texts-a/--texts-b: every a with every b")
-    m.add_argument("--output", "-o", default=None, help="JSON-lines file to write (default: standard output)")
-    m.add_argument("--job-size", type=int, default=1000,
-                   help="pairs planned and computed together (their texts' G's shared); bounds memory")
+    m.add_argument("--output", "-o", default=None,
+                   help="a folder of Parquet parts, or a .jsonl file (default: JSON lines on standard output)")
+    m.add_argument("--job-size", type=int, default=256,
+                   help="pairs planned and computed together (their texts' G's shared) and written as one part")
     m.add_argument("--resume", action="store_true",
-                   help="with --output: keep the pairs already written there (a cut last line is dropped), "
-                        "append the rest")
-    m.add_argument("--skip-errors", action="store_true",
-                   help="a pair that cannot be explained (e.g. a text over the maximum length) is written as "
-                        "{index, a, b, error} and the job goes on")
-    m.add_argument("--progress", action="store_true", help="a line on stderr after each pair: done, s/pair, time left")
+                   help="with --output: keep the ids already written, explain the rest (refused for another job)")
+    m.add_argument("--progress", action="store_true",
+                   help="progress lines on stderr (default: a progress bar when stderr is a terminal)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     m.add_argument("--faithfulness", action="store_true",
-                   help="add each pair's check against the model by occlusion (simattr.evaluate) to its line")
+                   help="add each pair's check against the model by occlusion (simattr.evaluate) to its row")
     m.add_argument("--shard", default=None, metavar="K/N",
-                   help="explain only the K-th of N contiguous shares of the pairs (K = 0..N-1; indices stay global)")
+                   help="explain only share K of N (K = 0..N-1; cost-balanced, as torchrun ranks are)")
     _add_options(m)
     sub.add_parser("options", help="every method's options (the reference in docs/options.md, as Markdown)")
     i = sub.add_parser("info", help="which backends are available")
@@ -107,7 +107,8 @@ def _is_file(path):
 
 
 def _read_corpus(path):
-    lines = [ln.strip() for ln in _lines(path, "the idf corpus") if ln.strip()]
+    from .inputs import read_lines
+    lines = [ln.strip() for ln in read_lines(path, "the idf corpus") if ln.strip()]
     if not lines:
         raise SimattrError(f"the idf corpus {path!r} holds no text")
     return lines
@@ -123,8 +124,9 @@ def _explainer_options(args) -> dict:
     return explicit
 
 
-def _explainer(args, argv):
-    """(Explainer, explicit options, soft options); options the method does not take fail before the model loads."""
+def _explainer(args, argv, cache_size: int = 0):
+    """(Explainer, explicit options, soft options); options the method does not take fail before the model loads.
+    cache_size: G's kept across calls (explain-many: a text shared by pairs of several batches is made once)."""
     import torch
 
     from .api import Explainer
@@ -133,7 +135,7 @@ def _explainer(args, argv):
     soft = {}
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
-                   max_length=args.max_length)
+                   max_length=args.max_length, cache_size=cache_size)
     return ex, explicit, soft
 
 
@@ -173,174 +175,97 @@ def _faithfulness(ex, a, b, result, args):
     return check
 
 
-def _lines(path, what: str = "") -> list:
-    """The lines of a UTF-8 text file ('-': standard input); a file that cannot be read or is not UTF-8 text is a
-    SimattrError naming it (and the line of the first bad byte)."""
-    label = f"{what} {path!r}" if what else repr(path)
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read()
-    except OSError as exc:
-        raise SimattrError(f"cannot read {label}: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise SimattrError(f"{label} is not UTF-8 text (line {line}, byte {exc.start}: "
-                           f"{data[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -t UTF-8") from None
-    if "\x00" in text:
-        raise SimattrError(f"{label} holds NUL bytes: a binary file, not text")
-    if not text:
-        return []
-    return [ln.rstrip("\r") for ln in text.split("\n")][: -1 if text.endswith("\n") else None]
-
-
-def _read_pairs(args) -> list:
-    """[(index_a, index_b, text_a, text_b)] from the command line's sources."""
+def _read_pairs(args):
+    """The command line's pairs (`simattr.inputs`)."""
+    from .inputs import from_text_files, parse_columns, read_pairs
     if args.pairs is not None:
         if args.texts_a or args.texts_b or args.all_pairs:
             raise SimattrError("give a pairs file, or --texts-a and --texts-b, not both")
-        out = []
-        for n, line in enumerate(_lines(args.pairs), 1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    obj = json.loads(line)
-                    a, b = obj.get("a", obj.get("text_a")), obj.get("b", obj.get("text_b"))
-                except (json.JSONDecodeError, AttributeError):
-                    a = b = None
-            else:
-                cols = line.split("\t")
-                a, b = cols if len(cols) == 2 else (None, None)
-            if not isinstance(a, str) or not isinstance(b, str):
-                raise SimattrError(f"{args.pairs}:{n}: expected a JSON object with 'a' and 'b' or two "
-                                   f"tab-separated texts")
-            out.append((len(out), len(out), a, b))
-        return out
+        return read_pairs(args.pairs, parse_columns(args.columns))
+    if args.columns:
+        raise SimattrError("--columns names the columns of a pairs file")
     if not (args.texts_a and args.texts_b):
         raise SimattrError("give a pairs file, or --texts-a and --texts-b")
-    ta = [t for t in _lines(args.texts_a) if t.strip()]
-    tb = [t for t in _lines(args.texts_b) if t.strip()]
-    if args.all_pairs:
-        return [(i, j, a, b) for i, a in enumerate(ta) for j, b in enumerate(tb)]
-    if len(ta) != len(tb):
-        raise SimattrError(f"{len(ta)} texts a and {len(tb)} texts b: give equal numbers, or --all-pairs")
-    return [(k, k, a, b) for k, (a, b) in enumerate(zip(ta, tb))]
+    return from_text_files(args.texts_a, args.texts_b, args.all_pairs)
 
 
-def _shard(spec: str, n: int) -> range:
-    try:
-        k, parts = (int(v) for v in spec.split("/"))
-    except ValueError:
-        k, parts = -1, 0
-    if not 0 <= k < parts:
-        raise SimattrError(f"--shard takes K/N with 0 <= K < N, not {spec!r}")
-    return range(k * n // parts, (k + 1) * n // parts)
-
-
-def _job_settings(args, pairs: list) -> dict:
-    """What decides an explain-many job's lines: method, options, model and the input pairs (by a digest)."""
+def _job_settings(args, pairs) -> dict:
+    """What decides an explain-many job's rows: method, options, model and the input pairs with their ids (by a
+    digest); stored in the output's metadata, its hash on every row."""
     import hashlib
     digest = hashlib.sha256()
-    for _, _, a, b in pairs:
-        digest.update(json.dumps([a, b]).encode("utf-8"))
+    for i, a, b in zip(pairs.ids, pairs.a, pairs.b):
+        digest.update(json.dumps([i, a, b], default=repr).encode("utf-8"))
     options = {dest: getattr(args, dest, None) for dest in _OPTION_NAMES}
     return {"method": args.method, "options": options, "model": args.model, "model_b": args.model_b,
-            "pooling": args.pooling, "dtype": args.dtype, "max_length": args.max_length, "shard": args.shard,
-            "faithfulness": args.faithfulness, "pairs": digest.hexdigest()}
+            "pooling": args.pooling, "dtype": args.dtype, "max_length": args.max_length,
+            "faithfulness": args.faithfulness, "pairs": digest.hexdigest(), "n_pairs": len(pairs)}
 
 
 def _check_outputs(args, inputs=()) -> None:
     """Every file the command will write, checked before the model loads: its folder exists, it is not a folder,
     it is not one of the inputs."""
-    from .outputs import check_writable, same_file
+    import os
+
+    from .outputs import PART, check_writable, same_file
+    inputs = [p for p in (*inputs, getattr(args, "idf_corpus", None), getattr(args, "baseline", None))
+              if p and p != "-" and os.path.exists(p)]
+    written = []
     for flag in ("output", "html", "png"):
         path = getattr(args, flag, None)
         if path is None:
             continue
-        check_writable(path, f"--{flag}")
-        for source in inputs:
-            if source and source != "-" and same_file(path, source):
-                raise SimattrError(f"--{flag} {path!r} is the input file {source!r}; write elsewhere")
+        if flag != "output" or not os.path.isdir(path):
+            check_writable(path, f"--{flag}")
+        targets = [path] + ([path + PART] if flag == "output" else [])
+        for target in targets:
+            for source in inputs:
+                if same_file(target, source) or os.path.abspath(target) == os.path.abspath(source):
+                    raise SimattrError(f"--{flag} {path!r} would overwrite the input {source!r}; write elsewhere")
+        for other_flag, other in written:
+            if os.path.abspath(other) == os.path.abspath(path):
+                raise SimattrError(f"--{flag} and --{other_flag} name the same file {path!r}")
+        written.append((flag, path))
 
 
 def _explain_many(args, argv) -> int:
-    from .outputs import JobOutput, settings_hash
+    from . import explain_many, ranks
+    from .outputs import settings_hash
+    from .version import __version__
     if args.job_size < 1:
         raise SimattrError(f"--job-size must be positive, got {args.job_size}")
     if args.resume and not args.output:
         raise SimattrError("--resume needs --output")
     _check_outputs(args, (args.pairs, args.texts_a, args.texts_b))
     pairs = _read_pairs(args)
-    todo = list(enumerate(pairs))  # (global index, (index_a, index_b, text_a, text_b))
-    if not todo:
+    if not len(pairs):
         raise SimattrError("no pairs to explain")
-    if args.shard:
-        todo = [todo[k] for k in _shard(args.shard, len(todo))]
-    _explainer_options(args)  # a bad option fails before anything is written or loaded
-    with contextlib.ExitStack() as stack:
-        job = None
-        if args.output is not None:
-            job = stack.enter_context(JobOutput(args.output, settings_hash(_job_settings(args, pairs)), args.resume))
-            todo = [t for t in todo if t[0] not in job.done]
-        if todo:
-            _run_many(args, argv, todo, job.write if job else _stdout_line)
-        if job is not None:
-            job.finish()
+    rank = ranks.parse_shard(args.shard) if args.shard else ranks.from_environment()
+    explicit = _explainer_options(args)  # a bad option fails before anything is written or loaded
+    settings = _job_settings(args, pairs)
+    metadata = {"simattr": __version__, "settings": settings, "rank": rank.rank, "world": rank.world}
+    after = (lambda e, a, b: _faithfulness(ex_holder[0], a, b, e, args)) if args.faithfulness else None
+    ex_holder = []
+
+    def make_explainer():
+        args.device = ranks.device_for(rank, args.device)
+        ex, _, _ = _explainer(args, argv, cache_size=2 * args.job_size)
+        ex_holder.append(ex)
+        return ex
+    progress = "none" if args.quiet else "lines" if args.progress else "bar" if sys.stderr.isatty() else "none"
+    summary = explain_many.run(make_explainer, pairs, args.method, explicit, output=args.output,
+                               resume=args.resume, job_hash=settings_hash(settings), metadata=metadata, rank=rank,
+                               part_size=args.job_size, progress=progress, after=after, emit=_stdout_rows)
+    if not args.quiet:
+        print(summary.line(rank), file=sys.stderr)
     return 0
 
 
-def _stdout_line(record: dict) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
+def _stdout_rows(rows: list) -> str:
+    for r in rows:
+        sys.stdout.write(json.dumps(r) + "\n")
     sys.stdout.flush()
-
-
-def _run_many(args, argv, todo: list, emit) -> None:
-    ex, explicit, soft = _explainer(args, argv)
-    t0, done = time.perf_counter(), 0
-
-    def write(k, i, j, fields):
-        nonlocal done
-        emit({"index": k, "a": i, "b": j, **fields})
-        done += 1
-        if args.progress:
-            rate = (time.perf_counter() - t0) / done
-            print(f"simattr: {done}/{len(todo)} pairs, {rate:.2f} s/pair, about "
-                  f"{rate * (len(todo) - done) / 60:.1f} min left", file=sys.stderr, flush=True)
-
-    for k0 in range(0, len(todo), args.job_size):
-        block = todo[k0:k0 + args.job_size]
-        written = 0
-        try:
-            results = ex.iter_many([t[1][2] for t in block], [t[1][3] for t in block], method=args.method,
-                                   soft_options=soft, **explicit)
-            with contextlib.closing(results):  # ij/bilrp: each pair written (and flushed) when it is done
-                for (k, (i, j, a, b)), e in zip(block, results):
-                    if args.faithfulness:
-                        _faithfulness(ex, a, b, e, args)
-                    write(k, i, j, e.to_dict())
-                    written += 1
-        except OutputError:
-            raise
-        except SimattrError:
-            if not args.skip_errors:
-                raise
-            # a text of this block cannot be explained: the rest of the block pair by pair, errors as lines
-            for k, (i, j, a, b) in block[written:]:
-                try:
-                    e = ex.explain(a, b, method=args.method, soft_options=soft, **explicit)
-                    if args.faithfulness:
-                        _faithfulness(ex, a, b, e, args)
-                    fields = e.to_dict()
-                except OutputError:
-                    raise
-                except SimattrError as exc:
-                    fields = {"error": str(exc)}
-                write(k, i, j, fields)
+    return ""
 
 
 def _info(args) -> int:

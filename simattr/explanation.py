@@ -47,8 +47,8 @@ class Explanation:
         return {"method": self.method, "score": float(self.score), "error": None if self.error is None else float(self.error),
                 "total": self.total, "terms": {k: float(v) for k, v in self.terms.items()},
                 "tokens_a": list(self.tokens_a), "tokens_b": list(self.tokens_b),
-                "matrix": self.matrix.astype(float).tolist(), "settings": _plain(self.settings),
-                **{k: _plain(v) for k, v in self.extras.items()}}
+                "matrix": self.matrix.astype(float).tolist(), "settings": plain(self.settings),
+                **{k: plain(v) for k, v in self.extras.items()}}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -69,33 +69,81 @@ class Explanation:
             if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
                 raise SimattrError(f"not an explanation: {name} must be a list of strings")
         shape = (len(tokens_a), len(tokens_b))
+        if 0 in shape:
+            raise SimattrError("not an explanation: each side needs at least one token")
         try:
             matrix = np.asarray(d.pop("matrix"), dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise SimattrError(f"not an explanation: the matrix must be {shape[0]} rows of {shape[1]} numbers") from None
         if matrix.shape != shape and not (matrix.size == 0 and 0 in shape):
             raise SimattrError(f"not an explanation: the matrix is {'x'.join(map(str, matrix.shape))}, the tokens "
                                f"make {shape[0]}x{shape[1]}")
         matrix = matrix.reshape(shape)
         score, terms, settings = d.pop("score"), d.pop("terms", None) or {}, d.pop("settings", None) or {}
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            raise SimattrError(f"not an explanation: score must be a number, got {score!r}")
+        if not np.isfinite(matrix).all():
+            raise SimattrError("not an explanation: the matrix holds NaN or Inf")
+        score = _number(score, "score")
         if not isinstance(terms, dict) or not isinstance(settings, dict):
             raise SimattrError("not an explanation: terms and settings must be JSON objects")
+        terms = {str(k): _number(v, f"terms[{k!r}]") for k, v in terms.items()}
+        error = d.pop("error", None)
+        error = None if error is None else _number(error, "error")
+        for key in ("conservation", "relative_error"):
+            if d.get(key) is not None:
+                _number(d[key], key)
+        if d.get("scores") is not None:
+            if not isinstance(d["scores"], dict):
+                raise SimattrError("not an explanation: scores must be a JSON object of numbers")
+            for k, v in d["scores"].items():
+                _number(v, f"scores[{k!r}]")
+        if d.get("steps_used") is not None and not isinstance(d["steps_used"], list):
+            raise SimattrError("not an explanation: steps_used must be a list")
         return cls(method=str(d.pop("method")), matrix=matrix, tokens_a=list(tokens_a), tokens_b=list(tokens_b),
-                   score=float(score), terms=dict(terms), error=d.pop("error", None), settings=dict(settings),
-                   extras=d)
+                   score=score, terms=terms, error=error, settings=dict(settings), extras=d)
+
+    @classmethod
+    def from_row(cls, row) -> "Explanation":
+        """An Explanation from one result row (`simattr.results`: a dict from pyarrow's `to_pylist()`, pandas'
+        `row.to_dict()`, a `datasets` row or a JSON line of `explain-many`). An error row is a SimattrError with its
+        reason."""
+        if not isinstance(row, dict):
+            try:
+                row = dict(row)
+            except (TypeError, ValueError):
+                raise SimattrError(f"not a result row: a dict is needed, got {type(row).__name__}") from None
+        missing = [k for k in ("status", "method", "matrix", "tokens_a", "tokens_b", "score") if k not in row]
+        if missing:
+            raise SimattrError(f"not a result row: no {', '.join(missing)}")
+        if row["status"] != "ok":
+            raise SimattrError(f"row {row.get('id')!r} is an error row: {row.get('reason')}")
+        try:
+            details = json.loads(row["details"]) if row.get("details") else {}
+        except (TypeError, ValueError):
+            raise SimattrError(f"row {row.get('id')!r}: details is not JSON") from None
+        matrix = [list(r) for r in row["matrix"]]
+        err = row.get("error")
+        err = None if err is None or (isinstance(err, float) and np.isnan(err)) else float(err)  # pandas: NaN for null
+        return cls.from_dict({
+            "method": row["method"], "matrix": matrix if matrix else np.zeros((0, len(row["tokens_b"]))),
+            "tokens_a": list(row["tokens_a"]), "tokens_b": list(row["tokens_b"]), "score": float(row["score"]),
+            "terms": details.get("terms") or {}, "error": err, "settings": details.get("settings") or {},
+            **{k: v for k, v in (details.get("extras") or {}).items()
+               if k not in ("method", "matrix", "tokens_a", "tokens_b", "score", "terms", "error", "settings")},
+            "id": row.get("id"),
+        })
 
     @classmethod
     def from_json(cls, text: str) -> "Explanation":
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise SimattrError(f"not an explanation: not JSON ({exc})") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SimattrError(f"not an explanation: not JSON ({type(exc).__name__})") from None
         return cls.from_dict(data)
 
     def format(self, top: int = 10, max_tokens: int = 24) -> str:
         """A readable report: score, checks, the matrix (if small) and the strongest interactions."""
+        if isinstance(top, bool) or not hasattr(top, "__index__") or top.__index__() < 0:
+            raise SimattrError(f"top must be an integer >= 0, got {top!r}")
         lines = [f"method: {self.method}   score: {self.score:.6f}   sum(A): {self.total:.6f}"]
         if isinstance(self.extras.get("scores"), dict):
             lines.append("scores: " + "  ".join(f"{k}={v:.6f}" for k, v in self.extras["scores"].items()))
@@ -149,11 +197,24 @@ class Explanation:
         return f"<pre>{html.escape(self.format())}</pre><p>(use .to_html(path) for the whole heatmap)</p>"
 
 
-def _plain(v):
+def _number(v, what: str) -> float:
+    """A finite number of an explanation read back (SimattrError naming the field otherwise)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise SimattrError(f"not an explanation: {what} must be a number, got {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = float("inf")
+    if not np.isfinite(f):
+        raise SimattrError(f"not an explanation: {what} must be finite, got {v!r}")
+    return f
+
+
+def plain(v):
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, (np.floating, np.integer)):

@@ -77,13 +77,18 @@ def boolean(v):
     return bool(v)
 
 
-def integer(minimum: int = None, optional: bool = False):
+def integer(minimum: int = None, optional: bool = False, maximum: int = None):
     def check(v):
         if optional and v is None:
             return None
         if isinstance(v, bool) or not hasattr(v, "__index__"):
             raise ValueError("must be an integer" + (" or None" if optional else ""))
-        v = int(v.__index__())
+        try:
+            v = int(v.__index__())
+        except (TypeError, ValueError):  # e.g. a numpy array of one element
+            raise ValueError("must be an integer" + (" or None" if optional else "")) from None
+        if maximum is not None and v > maximum:
+            raise ValueError(f"must be at most {maximum}")
         if minimum is not None and v < minimum:
             raise ValueError(f"must be at least {minimum}")
         return v
@@ -112,10 +117,14 @@ def fraction(v):
     return f
 
 
+#: the most fixed path nodes per text (`steps=N`): more is beyond any rule's need and runs for hours
+MAX_FIXED_STEPS = 100_000
+
+
 def steps(v):
-    if v == "auto":
+    if isinstance(v, str) and v == "auto":
         return v
-    return integer(1)(v)
+    return integer(1, maximum=MAX_FIXED_STEPS)(v)
 
 
 def anything(v):
@@ -160,6 +169,9 @@ class Option:
             return self.check(value)
         except ValueError as exc:
             raise SimattrError(f"option {self.name}={_show(value)} of method {method!r}: {exc}") from None
+        except (TypeError, OverflowError, ArithmeticError):
+            raise SimattrError(f"option {self.name}={_show(value)} of method {method!r}: not a value it takes "
+                               f"({self.help})") from None
 
 
 def _show(value) -> str:

@@ -6,7 +6,9 @@ against a resume of another job.
   a directory, no permission).
 * `write_atomic(path, write)`: the content goes to a temporary file next to `path`, which replaces `path` only when
   complete (a full disk or a crash leaves the previous file as it was).
-* `JobOutput`: `simattr explain-many -o OUT` appends its lines to `OUT.part` (locked: a second writer is refused)
+* `PartsOutput`: `simattr explain-many -o FOLDER` writes Parquet part files, each whole or absent (temporary
+  file, fsync, rename), one lock per rank, resume by id.
+* `JobOutput`: `simattr explain-many -o OUT.jsonl` appends its lines to `OUT.part` (locked: a second writer is refused)
   and moves it onto OUT when the job is done; a killed or failed job leaves OUT as it was and its lines in
   OUT.part, which `--resume` continues. Every line carries the job's `settings_hash` (method, options, model,
   input); a resume of another job is refused.
@@ -30,7 +32,11 @@ def _why(exc: OSError) -> str:
 
 def check_writable(path: str, what: str = "output") -> None:
     """SimattrError if a file at `path` cannot be written: its folder missing or not writable, or it is a folder."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise SimattrError(f"{what} must be a file name (a string or a path), got {type(path).__name__}")
     path = os.fspath(path)
+    if not path.strip():
+        raise SimattrError(f"{what}: the file name is empty")
     if os.path.isdir(path):
         raise SimattrError(f"{what} {path!r} is a directory; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
@@ -42,8 +48,8 @@ def check_writable(path: str, what: str = "output") -> None:
 
 def write_atomic(path, write: Callable, what: str = "output", binary: bool = False) -> None:
     """`write(fh)` into a temporary file beside `path`, then the file replaces `path` (all or nothing)."""
-    path = os.fspath(path)
     check_writable(path, what)
+    path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -67,6 +73,19 @@ def _remove(path):
         pass
 
 
+def lock_exclusive(fh, refusal: str) -> None:
+    """An exclusive lock on the open file `fh` (released when it is closed, also by a killed process); a
+    SimattrError saying `refusal` if another process holds it. No lock where the system has none (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise SimattrError(refusal) from None
+
+
 def settings_hash(settings: dict) -> str:
     """A short digest of everything that decides a job's lines (values by their JSON form, else their repr)."""
     blob = json.dumps(settings, sort_keys=True, default=repr)
@@ -83,8 +102,8 @@ def same_file(a: str, b: str) -> bool:
 class JobOutput:
     """The JSON-lines output of one many-pair job (see the module's docstring). Use as a context manager:
 
-        with JobOutput(path, hash, resume) as out:   # locked; out.done: indices already written (resume)
-            out.write({...})                           # one line, flushed
+        with JobOutput(path, hash, resume) as out:   # locked; out.done: ids already written (resume)
+            out.write(rows)                            # one line per row, flushed
             out.finish()                               # OUT.part -> OUT
 
     Leaving the block without `finish()` (an error, Ctrl-C) keeps OUT.part for `--resume`."""
@@ -109,15 +128,8 @@ class JobOutput:
         return self
 
     def _lock(self):
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SimattrError(f"another simattr explain-many is writing {self.path!r} (its {self.part!r} is "
-                               f"locked); wait for it, or write to another --output") from None
+        lock_exclusive(self.fh, f"another simattr explain-many is writing {self.path!r} (its {self.part!r} is "
+                                f"locked); wait for it, or write to another --output")
 
     def _start(self):
         fh = self.fh
@@ -142,7 +154,7 @@ class JobOutput:
         for n, line in enumerate(data[:end].splitlines(), 1):
             try:
                 d = json.loads(line)
-                index = int(d["index"])
+                index = d["id"]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
                 raise SimattrError(f"{source}:{n}: not a line of simattr explain-many; cannot resume") from None
             if d.get("settings_hash") != self.hash:
@@ -152,10 +164,11 @@ class JobOutput:
                     f"and input, or write to another --output")
             self.done.add(index)
 
-    def write(self, record: dict) -> None:
-        line = json.dumps({**record, "settings_hash": self.hash}) + "\n"
+    def write(self, rows: list) -> None:
+        """Result rows (`simattr.results`) as JSON lines, flushed."""
+        data = "".join(json.dumps({**r, "settings_hash": self.hash}) + "\n" for r in rows).encode("utf-8")
         try:
-            self.fh.write(line.encode("utf-8"))
+            self.fh.write(data)
             self.fh.flush()
         except OSError as exc:
             raise OutputError(f"cannot write {self.part!r}: {_why(exc)}; the pairs written before are kept there "
@@ -176,3 +189,111 @@ class JobOutput:
             self.fh.close()  # the lock goes with it
         return False
 
+
+
+class PartsOutput:
+    """A directory of Parquet part files, the output of one many-pair job (or of one rank of it):
+
+        with PartsOutput(folder, hash, resume, rank=0, metadata={...}) as out:  # out.done: ids in the parts
+            out.write(rows)                                                   # one part, atomically
+
+    Each part is written to a temporary file in the folder, fsynced and renamed to
+    `part-r{rank:04d}-{n:06d}.parquet`, so a part is either whole or absent: a job killed at any moment loses at
+    most the part it was making, and `--resume` makes exactly its pairs again. A folder that already holds parts
+    is refused without `resume` (nothing is overwritten); with it, every part must carry this job's settings hash
+    (in its metadata). Ranks lock their own `.lock-r{rank}`, so a second writer of the same rank is refused."""
+
+    def __init__(self, folder: str, job_hash: str, resume: bool, rank: int = 0, metadata: dict = None,
+                 id_kind=None):
+        self.folder, self.hash, self.resume, self.rank = os.fspath(folder), job_hash, resume, int(rank)
+        self.metadata, self.id_kind = dict(metadata or {}, settings_hash=job_hash), id_kind
+        self.done, self.lock, self.next = set(), None, 0
+
+    def __enter__(self):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SimattrError("a Parquet output needs pyarrow: pip install 'simattr[data]' (or write a .jsonl "
+                               "file)") from None
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise SimattrError(f"--output {self.folder!r} is a file; a Parquet output is a folder (or name a "
+                               f".jsonl file)")
+        if os.path.isdir(self.folder):
+            if not os.access(self.folder, os.W_OK):
+                raise SimattrError(f"--output {self.folder!r} is not writable")
+        else:
+            check_writable(self.folder, "--output")
+        os.makedirs(self.folder, exist_ok=True)
+        self.lock = open(os.path.join(self.folder, f".lock-r{self.rank}"), "a+b")
+        try:
+            self._lock()
+            self._scan()
+        except BaseException:
+            self.lock.close()
+            raise
+        return self
+
+    def _lock(self):
+        lock_exclusive(self.lock, f"another simattr explain-many is writing rank {self.rank} of {self.folder!r}; "
+                                  f"wait for it, or write to another --output")
+
+    def parts(self) -> list:
+        return sorted(f for f in os.listdir(self.folder) if f.startswith("part-") and f.endswith(".parquet"))
+
+    def _scan(self):
+        import pyarrow.parquet as pq
+        for f in os.listdir(self.folder):  # what a killed run of this rank was writing
+            if f.startswith(f".tmp-r{self.rank}-"):
+                _remove(os.path.join(self.folder, f))
+        parts = self.parts()
+        if parts and not self.resume:
+            raise SimattrError(f"--output {self.folder!r} already holds {len(parts)} part file(s) of a job; "
+                               f"--resume continues it, or write to another folder")
+        mine = f"part-r{self.rank:04d}-"
+        for f in parts:
+            path = os.path.join(self.folder, f)
+            try:
+                meta = pq.read_schema(path).metadata or {}
+                ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+            except Exception as exc:  # noqa: BLE001
+                raise SimattrError(f"{path}: not a part of simattr explain-many ({exc}); cannot resume") from None
+            found = json.loads(meta.get(b"simattr", b"{}")).get("settings_hash")
+            if found != self.hash:
+                raise SimattrError(f"{path} was written by another job (other method, options, model or input: "
+                                   f"settings hash {found!r}, this job's {self.hash!r}); resume with the same "
+                                   f"settings and input, or write to another --output")
+            self.done.update(ids)
+            if f.startswith(mine):
+                self.next = max(self.next, int(f[len(mine):len(mine) + 6]) + 1)
+
+    def write(self, rows: list) -> str:
+        """One part of `rows` (with this job's settings in its metadata); returns its path."""
+        import pyarrow.parquet as pq
+
+        from .results import to_table
+        if not rows:
+            return ""
+        table = to_table([dict(r, settings_hash=self.hash) for r in rows], self.metadata, self.id_kind)
+        name = f"part-r{self.rank:04d}-{self.next:06d}.parquet"
+        tmp = os.path.join(self.folder, f".tmp-r{self.rank}-{self.next:06d}.parquet")
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, os.path.join(self.folder, name))
+        except OSError as exc:
+            _remove(tmp)
+            raise OutputError(f"cannot write a part to {self.folder!r}: {_why(exc)}; the parts written before are "
+                              f"kept (--resume continues them)") from None
+        self.next += 1
+        self.done.update(r["id"] for r in rows)
+        return name
+
+    def finish(self) -> None:
+        """Nothing to move: every part is in place when written."""
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.close()
+        return False

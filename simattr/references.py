@@ -15,7 +15,11 @@ def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
     the final special token, so both sequences keep their special tokens in place."""
     if not text.strip():
         raise SimattrError("reference text is empty")
-    ids = encoder.tokenizer(text, truncation=False)["input_ids"]
+    ids = encoder.tokenizer(text, truncation=False, verbose=False)["input_ids"]
+    special = set(encoder.tokenizer.all_special_ids) - {getattr(encoder.tokenizer, "unk_token_id", None)}
+    if all(i in special for i in ids):
+        raise SimattrError(f"reference text {text[:40]!r} has no token: the tokenizer makes only special tokens of "
+                           f"it (control or zero-width characters?); use reference='pad' for that")
     S = tokens.length
     pad = encoder.tokenizer.pad_token_id
     if len(ids) < S:
@@ -43,8 +47,14 @@ def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor
         return torch.zeros_like(x)
     if isinstance(spec, str):
         return encoder.hidden(tokens, layer, input_ids=_text_ids(encoder, spec, tokens))
-    if callable(spec) and not isinstance(spec, Tensor):
-        spec = spec(tokens, x)
+    if callable(spec) and not isinstance(spec, (Tensor, type)):
+        try:
+            spec = spec(tokens, x)
+        except Exception as exc:  # noqa: BLE001  (the caller's function)
+            raise SimattrError(f"the reference function raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(spec, Tensor):
+            raise SimattrError(f"the reference function must return a tensor [S, H] or [1, S, H], got "
+                               f"{type(spec).__name__}")
     if isinstance(spec, Tensor):
         r = spec.to(x.device, x.dtype)
         if r.dim() == 2:
@@ -55,4 +65,10 @@ def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor
         if not torch.isfinite(r).all():
             raise SimattrError("reference tensor holds NaN or Inf")
         return r
-    raise SimattrError(f"unknown reference {spec!r}: use 'pad', 'zero', a reference text, a tensor or a callable")
+    raise SimattrError(f"unknown reference {_short(spec)}: use 'pad', 'zero', a reference text, a tensor or a "
+                       f"function (tokens, x) -> tensor")
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else f"{type(v).__name__} {text[:40]}..."

@@ -6,7 +6,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import NumericalError, SimattrError
+from .errors import NumericalError, SimattrError, warn
+
+#: a Sinkhorn plan whose marginals are off by more than this (L1, and more than the caller's tol) is reported: it is
+#: not a transport plan (eps too small for max_iter iterations)
+SINKHORN_WARN = 1e-4
+#: ... and one off by more than this is refused (NumericalError): its mass is not where the costs say
+SINKHORN_FAIL = 0.1
 
 
 def sinkhorn_log(C: Tensor, a: Tensor, b: Tensor, eps: float = 0.01, max_iter: int = 2000, tol: float = 1e-7,
@@ -39,6 +45,14 @@ def sinkhorn_log(C: Tensor, a: Tensor, b: Tensor, eps: float = 0.01, max_iter: i
     P = torch.exp((f[:, :, None] + g[:, None, :] - C) / eps)
     if not torch.isfinite(P).all():
         raise NumericalError("Sinkhorn produced NaN or Inf; check the masses (each pair needs positive mass)")
+    err = max(err, float((P.sum(1) - b).abs().sum(1).max()))  # both marginals
+    if err > max(tol, SINKHORN_WARN):
+        what = (f"Sinkhorn did not converge: marginal error {err:.2e} after {it} iterations (eps={eps:g}, "
+                f"tol={tol:g})")
+        if err > SINKHORN_FAIL:
+            raise NumericalError(f"{what}; the result would not be a transport plan: raise max_iter or eps, or "
+                                 f"use solver='emd'")
+        warn(f"{what}: raise max_iter or eps, or use solver='emd'")
     return P, {"iterations": it, "marginal_error": err}
 
 

@@ -72,10 +72,18 @@ def _spans(spans, S):
         raise SimattrError("units must be 'token', 'word' or a list of token spans") from None
     groups, used = [], set()
     for sp in spans:
-        if isinstance(sp, tuple) and len(sp) == 2 and all(isinstance(v, int) for v in sp):
-            idx = list(range(sp[0], sp[1]))
+        if isinstance(sp, (str, bytes)) or not hasattr(sp, "__iter__"):
+            raise SimattrError(f"span {sp!r} is not a list of token positions or a (start, stop) pair")
+        members = list(sp)
+        if not all(hasattr(v, "__index__") and not isinstance(v, bool) for v in members):
+            raise SimattrError(f"span {sp!r}: token positions must be integers")
+        members = [v.__index__() for v in members]
+        if isinstance(sp, tuple) and len(members) == 2:
+            idx = list(range(members[0], members[1]))
         else:
-            idx = [int(v) for v in sp]
+            idx = members
+        if len(set(idx)) != len(idx):
+            raise SimattrError(f"span {sp!r} names a token twice")
         if not idx or any(not 0 <= v < S for v in idx):
             raise SimattrError(f"span {sp!r} is empty or outside the {S} tokens")
         if used & set(idx):

@@ -7,6 +7,7 @@ form is `Explanation.format()`.
 from __future__ import annotations
 
 import html
+import os
 
 import numpy as np
 
@@ -79,14 +80,21 @@ def to_html(e, path=None, digits: int = 3, title: str = None) -> str:
     return page
 
 
+#: what `to_png` writes, by the file name's extension (none: png)
+PICTURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+
+
 def to_png(e, path, dpi: int = 150, title: str = None):
-    """The matrix as a PNG heatmap (needs matplotlib: `pip install matplotlib`)."""
+    """The matrix as a heatmap picture: PNG, or SVG / PDF / JPEG by the file's extension (needs matplotlib)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise SimattrError("to_png needs matplotlib (pip install matplotlib)") from None
-    check_writable(path, "PNG file")
+    check_writable(path, "picture file")
+    kind = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") or "png"
+    if kind not in PICTURE_FORMATS:
+        raise SimattrError(f"to_png writes {', '.join(PICTURE_FORMATS)} (by the file's extension), not {kind!r}")
     m = np.asarray(e.matrix, dtype=np.float64)
     scale = float(np.abs(m).max()) or 1.0
     h, w = m.shape
@@ -99,5 +107,5 @@ def to_png(e, path, dpi: int = 150, title: str = None):
     ax.set_title(title or f"{e.method}: score {e.score:.4f}, ΣA {e.total:.4f}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"), "PNG file", binary=True)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format=kind), f"{kind.upper()} file", binary=True)
     return path

@@ -38,8 +38,12 @@ def files(tmp: str) -> None:
     write("texts3.txt", b"a cat\nthe sun\na bird\n")
     write("corpus_empty.txt", b"\n")
     write("not_a_model", b"hello")
+    write("pairs.jsonl.part", b'{"a": "a cat", "b": "a dog"}\n')
+    write("surrogate.jsonl", b'{"a": "x \\ud800 y", "b": "a dog"}\n{"a": "a cat", "b": "a dog"}\n')
     os.makedirs(os.path.join(tmp, "empty_model_dir"), exist_ok=True)
     os.makedirs(os.path.join(tmp, "a_directory"), exist_ok=True)
+    os.makedirs(os.path.join(tmp, "parts"), exist_ok=True)
+    write(os.path.join("parts", "part-r0000-000000.parquet"), b"PAR1")
 
 
 EXPLAIN = ["explain", A, B]
@@ -146,7 +150,9 @@ CLI = [
      "error"),
     ("pairs file and texts", [*MANY, "--texts-a", "{tmp}/texts.txt", *FAST], "error"),
     ("output into a missing directory", [*MANY, *FAST, "-o", "{tmp}/missing/out.jsonl"], "error"),
-    ("output onto a directory", [*MANY, *FAST, "-o", "{tmp}/a_directory"], "error"),
+    ("output an existing file as a Parquet folder", [*MANY, *FAST, "-o", "{tmp}/not_a_model"], "error"),
+    ("output a Parquet folder", [*MANY, *FAST, "-o", "{tmp}/a_directory"], "ok"),
+    ("output a Parquet folder holding parts", [*MANY, *FAST, "-o", "{tmp}/parts"], "error"),
     ("output is the input", [*MANY, *FAST, "-o", "{tmp}/pairs.jsonl"], "error"),
     ("resume without output", [*MANY, *FAST, "--resume"], "error"),
     ("resume from a non-output file", [*MANY, *FAST, "-o", "{tmp}/pairs.tsv", "--resume"], "error"),
@@ -157,6 +163,24 @@ CLI = [
     ("shard 1/2", [*MANY, *FAST, "--shard", "1/2"], "ok"),
     ("explain-many bad option", [*MANY, "--method", "maxsim", "--tol", "1e-3"], "error"),
     ("explain-many tol nan", [*MANY, "--tol", "nan"], "error"),
+    ("output an empty name", [*MANY, *FAST, "-o", ""], "error"),
+    ("html an empty name", [*EXPLAIN, *FAST, "--html", ""], "error"),
+    ("html and png the same file", [*EXPLAIN, *FAST, "--html", "{tmp}/same.out", "--png", "{tmp}/same.out"],
+     "error"),
+    ("html onto the idf corpus", [*EXPLAIN, "--method", "bertscore", "--idf-corpus", "{tmp}/texts.txt", "--html",
+                                  "{tmp}/texts.txt"], "error"),
+    ("input named like the output's part", ["explain-many", "{tmp}/pairs.jsonl.part", "-o", "{tmp}/pairs.jsonl",
+                                            *FAST], "error"),
+    ("columns twice", [*MANY, *FAST, "--columns", "a=a,b=b,a=b"], "error"),
+    ("columns empty", [*MANY, *FAST, "--columns", ""], "error"),
+    ("columns a and b the same", [*MANY, *FAST, "--columns", "a=b"], "error"),
+    ("columns unknown key", [*MANY, *FAST, "--columns", "text=a"], "error"),
+    ("columns missing column", [*MANY, *FAST, "--columns", "a=query"], "error"),
+    ("surrogate in a JSON line", ["explain-many", "{tmp}/surrogate.jsonl", "--method", "maxsim"],
+     ("warn", "error rows|not valid Unicode")),
+    ("surrogate on the command line", ["explain", "caf\udce9", B, "--method", "maxsim"], "error"),
+    ("sinkhorn eps 1e-300", [*EXPLAIN, "--method", "ot", "--solver", "sinkhorn", "--eps", "1e-300"], "error"),
+    ("max-length above the model's", [*EXPLAIN, *FAST, "--max-length", "100000"], ("warn", "above the model")),
     ("no command", [], "error"),
     ("unknown command", ["explian", A, B], "error"),
 ]
@@ -253,6 +277,8 @@ API = [
                                                                  **STEPS), "error"),
     ("reference empty text", _ex(reference="", **STEPS), "error"),
     ("reference a text", _ex(reference="nothing", **STEPS), "ok"),
+    ("reference zero-width text", _ex(reference="\u200b", **STEPS), "error"),
+    ("reference the text itself", _ex(reference=A, **STEPS), ("warn", "equals the text itself")),
     ("sim nope", _ex(sim="nope", **STEPS), "error"),
     ("mode nope", _ex(mode="nope", **STEPS), "error"),
     ("bilrp rule nope", _ex(method="bilrp", rule="nope"), "error"),
@@ -269,8 +295,62 @@ API = [
     ("bertscore idf empty corpus", _ex(method="bertscore", idf=[]), "error"),
     ("maxsim skiplist a number", _ex(method="maxsim", skiplist=3), "error"),
     ("maxsim backend nope", _ex(method="maxsim", backend="nope"), "error"),
+    ("steps a numpy array", _ex(steps=__import__("numpy").array([3])), "error"),
+    ("layer a numpy array", _ex(layer=__import__("numpy").array([1]), **STEPS), "error"),
+    ("steps a billion", _ex(steps=10 ** 9), "error"),
+    ("max_memory 10**400", _ex(max_memory=10 ** 400, **STEPS), "error"),
+    ("units of strings", _ex(units=[["a"]], **STEPS), "error"),
+    ("units of None", _ex(units=[[None]], **STEPS), "error"),
+    ("units of floats", _ex(units=[[1.7, 2.2]], **STEPS), "error"),
+    ("units of bools", _ex(units=[[True, 2]], **STEPS), "error"),
+    ("units a token twice", _ex(units=[[1, 1, 2]], **STEPS), "error"),
+    ("units numpy tuple range", lambda ex, tmp: _same_units(ex), "ok"),
+    ("text with a surrogate", lambda ex, tmp: ex.explain("abc \ud800 def", B, **STEPS), "error"),
+    ("maxsim text with a surrogate", lambda ex, tmp: ex.explain("abc \ud800", B, method="maxsim"), "error"),
+    ("explain_many None", lambda ex, tmp: ex.explain_many(None, [B], method="maxsim"), "error"),
+    ("explain_many a number", lambda ex, tmp: ex.explain_many(5, [B], method="maxsim"), "error"),
+    ("explain_many a set", lambda ex, tmp: ex.explain_many({A, "a cat"}, [B, B], method="maxsim"), "error"),
+    ("explain_many a dict", lambda ex, tmp: ex.explain_many({A: 1}, [B], method="maxsim"), "error"),
+    ("explain_many bytes", lambda ex, tmp: ex.explain_many(b"abc", [B], method="maxsim"), "error"),
+    ("explain_many generators all pairs", lambda ex, tmp: _generators(ex), "ok"),
+    ("bertscore idf weight a string", _ex(method="bertscore", idf={"guitar": "high"}), "error"),
+    ("bertscore idf weight nan", _ex(method="bertscore", idf={"guitar": math.nan}), "error"),
+    ("bertscore idf key numpy int", _ex(method="bertscore", idf={__import__("numpy").int64(1037): 3.0}), "ok"),
+    ("bertscore idf key a float", _ex(method="bertscore", idf={1.5: 3.0}), "error"),
+    ("bertscore idf key a tuple", _ex(method="bertscore", idf={(1, 2): 3.0}), "error"),
+    ("bertscore idf key not in the vocabulary", _ex(method="bertscore", idf={"zzqqxx": 3.0}), "error"),
+    ("bertscore idf empty dict", _ex(method="bertscore", idf={}), "error"),
+    ("ot sinkhorn eps 1e-20", _ex(method="ot", solver="sinkhorn", eps=1e-20), "error"),
+    ("ot sinkhorn max_iter 1", _ex(method="ot", solver="sinkhorn", max_iter=1), "error"),
+    ("reference function of no arguments", _ex(reference=lambda: 0, **STEPS), "error"),
+    ("reference a class", _ex(reference=dict, **STEPS), "error"),
+    ("reference function raises", _ex(reference=lambda t, x: 1 / 0, **STEPS), "error"),
+    ("reference function returns a list", _ex(reference=lambda t, x: [1], **STEPS), "error"),
+    ("CallableEncoder without a tokenizer", lambda ex, tmp: __import__("simattr").CallableEncoder(
+        None, lambda *a: None, lambda *a: None), "error"),
+    ("Explainer tokenizer with a path", _explainer(tokenizer="x"), "error"),
+    ("Explainer default steps 0", _explainer(steps=0), "error"),
+    ("Explainer default tol nan", _explainer(tol=math.nan), "error"),
+    ("method empty string", _ex(method=""), "error"),
+    ("method None in options", lambda ex, tmp: ex.explain(A, B, method=3), "error"),
+    ("format top None", lambda ex, tmp: _good().format(top=None), "error"),
+    ("to_png None", lambda ex, tmp: _good().to_png(None), "error"),
+    ("to_html a number", lambda ex, tmp: _good().to_html(3), "error"),
+    ("to_png an unknown extension", lambda ex, tmp: _good().to_png(os.path.join(tmp, "x.bmpx")), "error"),
+    ("to_png svg", lambda ex, tmp: _good().to_png(os.path.join(tmp, "x.svg")), "ok"),
+    ("from_json deeply nested", lambda ex, tmp: __import__("simattr").Explanation.from_json("[" * 100000 +
+                                                                                           "]" * 100000), "error"),
+    ("from_json NaN score", lambda ex, tmp: __import__("simattr").Explanation.from_json(
+        '{"method": "ij", "matrix": [[1]], "tokens_a": ["x"], "tokens_b": ["y"], "score": NaN}'), "error"),
     # results
     ("from_dict empty", _from_dict({}), "error"),
+    ("from_dict error a string", _from_dict(dict(GOOD, error="big")), "error"),
+    ("from_dict terms of strings", _from_dict(dict(GOOD, terms={"s": "x"})), "error"),
+    ("from_dict scores of strings", _from_dict(dict(GOOD, scores={"p": "x"})), "error"),
+    ("from_dict steps_used a number", _from_dict(dict(GOOD, steps_used=5)), "error"),
+    ("from_dict huge score", _from_dict(dict(GOOD, score=10 ** 400)), "error"),
+    ("from_dict huge matrix value", _from_dict(dict(GOOD, matrix=[[10 ** 400, 1.0]])), "error"),
+    ("from_dict no tokens", _from_dict(dict(GOOD, tokens_a=[], tokens_b=[], matrix=[])), "error"),
     ("from_dict matrix a string", _from_dict(dict(GOOD, matrix="x")), "error"),
     ("from_dict ragged matrix", _from_dict(dict(GOOD, matrix=[[1.0], [1.0, 2.0]])), "error"),
     ("from_dict matrix not matching tokens", _from_dict(dict(GOOD, matrix=[[1.0, 2.0, 3.0]])), "error"),
@@ -283,6 +363,20 @@ API = [
     ("to_png onto a directory", lambda ex, tmp: _good().to_png(tmp), "error"),
     ("to_html ok", lambda ex, tmp: _good().to_html(os.path.join(tmp, "ok.html")), "ok"),
 ]
+
+
+def _same_units(ex):
+    """A (start, stop) span of numpy integers is the same range as one of Python integers."""
+    import numpy as np
+    e1 = ex.explain(A, B, units=[(np.int64(1), np.int64(3))], **STEPS)
+    e2 = ex.explain(A, B, units=[(1, 3)], **STEPS)
+    assert e1.tokens_a == e2.tokens_a, (e1.tokens_a, e2.tokens_a)
+
+
+def _generators(ex):
+    """Generators of texts are read once, also for all_pairs."""
+    rows = ex.explain_many((t for t in [A, "a cat"]), (t for t in [B, "x y", "z"]), method="maxsim", all_pairs=True)
+    assert [len(r) for r in rows] == [3, 3]
 
 
 def _good():

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from simattr import Explanation, SimattrError
+from simattr import Explanation, SimattrError, results
 from simattr.cli import main
 
 
@@ -51,18 +51,23 @@ def test_console_script_runs():
     assert "score" in r.stdout
 
 
+def _rows(text: str) -> list:
+    return [json.loads(ln) for ln in text.splitlines()]
+
+
 def test_cli_explain_many_pairs_file(tmp_path, capsys, explainer):
-    pairs = tmp_path / "pairs.tsv"
-    pairs.write_text('a cat sat\tthe dog ran\n\n{"a": "a cat sat", "b": "cats sleep"}\n', encoding="utf-8")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"a": "a cat sat", "b": "the dog ran"}\n\n{"text_a": "a cat sat", "text_b": "cats sleep"}\n',
+                     encoding="utf-8")
     assert main(["explain-many", str(pairs), "--steps", "3", "--job-size", "1"]) == 0
-    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
-    assert [(d["index"], d["a"], d["b"]) for d in lines] == [(0, 0, 0), (1, 1, 1)]
+    rows = _rows(capsys.readouterr().out)
+    assert [(d["id"], d["status"]) for d in rows] == [(0, "ok"), (1, "ok")]
     one = explainer.explain("a cat sat", "cats sleep", steps=3)
-    np.testing.assert_allclose(np.array(lines[1]["matrix"]), one.matrix, atol=1e-6)
-    back = Explanation.from_dict(lines[1])  # a line read back: the fields, the rest in extras
-    assert back.tokens_a == one.tokens_a and back.settings["steps"] == 3 and back.extras["index"] == 1
+    np.testing.assert_allclose(np.array(rows[1]["matrix"]), one.matrix, atol=1e-6)
+    back = results.from_row(rows[1])  # a row read back
+    assert back.tokens_a == one.tokens_a and back.settings["steps"] == 3 and back.extras["id"] == 1
     np.testing.assert_allclose(back.matrix, one.matrix, atol=1e-6)
-    assert back.total == pytest.approx(lines[1]["total"]) and back.error == pytest.approx(one.error, abs=1e-6)
+    assert back.total == pytest.approx(rows[1]["total"], abs=1e-6) and back.error == pytest.approx(one.error, abs=1e-6)
     again = Explanation.from_json(one.to_json())
     assert again.to_dict() == one.to_dict()
     with pytest.raises(SimattrError, match="not an explanation"):
@@ -79,9 +84,11 @@ def test_cli_explain_many_grid(tmp_path, capsys):
     qb.write_text("the dog\ncats sleep\nbirds\n", encoding="utf-8")
     assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb), "--all-pairs", "--method", "bilrp",
                  "-o", str(out)]) == 0
-    rows = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
-    assert [(d["a"], d["b"]) for d in rows] == [(i, j) for i in range(2) for j in range(3)]
-    assert all(d["method"] == "bilrp" and d["job"]["pairs"] == 6 for d in rows)
+    rows = _rows(out.read_text(encoding="utf-8"))
+    assert [d["id"] for d in rows] == list(range(6))  # row-major: id = i * len(b) + j
+    texts = [(results.from_row(d).tokens_a[1], results.from_row(d).tokens_b[1]) for d in rows]
+    assert texts == [(a, b) for a in ("a", "dogs") for b in ("the", "cats", "birds")]
+    assert all(d["method"] == "bilrp" and json.loads(d["details"])["extras"]["job"]["pairs"] == 6 for d in rows)
     assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb)]) == 2  # 2 vs 3 lines, no grid
     assert "equal numbers" in capsys.readouterr().err
     assert main(["explain-many", "--texts-a", str(qa), "--texts-b", str(qb), "--method", "bilrp", "--steps", "2",
@@ -96,24 +103,26 @@ def test_cli_explain_many_resume_and_shards(tmp_path, capsys):
     full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
     opts = ["--method", "bilrp", "--job-size", "2"]
     assert main(["explain-many", str(pairs), "-o", str(full), "--progress"] + opts) == 0
-    assert "simattr: 4/4 pairs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "simattr: 4/4 pairs" in err and "4 pairs, 0 already written, 4 explained now: 4 ok" in err
     lines = full.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2, 3]
+    assert [json.loads(ln)["id"] for ln in lines] == [0, 1, 2, 3]
     # a run killed after two pairs and half a line: resume drops the cut line and appends the rest
     out.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:40], encoding="utf-8")
     assert main(["explain-many", str(pairs), "-o", str(out), "--resume"] + opts) == 0
-    got = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
-    assert [d["index"] for d in got] == [0, 1, 2, 3]
+    assert "2 already written, 2 explained now" in capsys.readouterr().err
+    got = _rows(out.read_text(encoding="utf-8"))
+    assert [d["id"] for d in got] == [0, 1, 2, 3]
     for d, ref in zip(got, map(json.loads, lines)):
         np.testing.assert_allclose(np.array(d["matrix"]), np.array(ref["matrix"]), atol=1e-6)
     assert main(["explain-many", str(pairs), "-o", str(out), "--resume"] + opts) == 0  # nothing left to do
     assert len(out.read_text(encoding="utf-8").splitlines()) == 4
-    # shards: disjoint, together every pair once, global indices
+    # shards: disjoint, together every pair once, global ids
     seen = []
     for k in range(3):
         shard = tmp_path / f"shard{k}.jsonl"
         assert main(["explain-many", str(pairs), "-o", str(shard), "--shard", f"{k}/3"] + opts) == 0
-        seen += [json.loads(ln)["index"] for ln in shard.read_text(encoding="utf-8").splitlines()]
+        seen += [json.loads(ln)["id"] for ln in shard.read_text(encoding="utf-8").splitlines()]
     assert sorted(seen) == [0, 1, 2, 3]
     assert main(["explain-many", str(pairs), "--shard", "3/3"] + opts) == 2
     assert "--shard" in capsys.readouterr().err
@@ -125,18 +134,17 @@ def test_cli_explain_many_resume_and_shards(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
-def test_cli_explain_many_skip_errors(tmp_path, capsys):
+def test_cli_explain_many_bad_pairs_become_error_rows(tmp_path, capsys):
     pairs = tmp_path / "pairs.tsv"
     long = " ".join(["word"] * 600)  # over the model's maximum length
     pairs.write_text(f"a cat\tthe dog\n{long}\ta cat\ndogs\tcats\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp"]) == 2  # the job stops
-    assert "over the model's maximum" in capsys.readouterr().err
-    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp", "--skip-errors"]) == 0
-    rows = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
-    assert [d["index"] for d in rows] == [0, 1, 2]
-    assert "error" in rows[1] and "matrix" not in rows[1] and "matrix" in rows[0] and "matrix" in rows[2]
-    # resume counts the error line as done
+    assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp"]) == 0  # the job finishes
+    assert "2 ok, 1 error rows" in capsys.readouterr().err
+    rows = _rows(out.read_text(encoding="utf-8"))
+    assert [(d["id"], d["status"]) for d in rows] == [(0, "ok"), (1, "error"), (2, "ok")]
+    assert "over the model's maximum" in rows[1]["reason"] and rows[1]["matrix"] is None
+    # resume counts the error row as done
     assert main(["explain-many", str(pairs), "-o", str(out), "--method", "bilrp", "--resume"]) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
 
@@ -154,6 +162,6 @@ def test_cli_explain_many_faithfulness(tmp_path, capsys):
     pairs = tmp_path / "p.jsonl"
     pairs.write_text('{"a": "a cat sat", "b": "the dog ran"}\n{"a": "a red car", "b": "a blue bike"}\n')
     assert main(["explain-many", str(pairs), "--method", "bilrp", "--faithfulness"]) == 0
-    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 2 and all("faithfulness" in ln and "pearson" in ln["faithfulness"] for ln in lines)
-    assert all(ln["faithfulness"]["settings"]["method"] == "bilrp" for ln in lines)
+    rows = [results.from_row(d) for d in _rows(capsys.readouterr().out)]
+    assert len(rows) == 2 and all("pearson" in e.extras["faithfulness"] for e in rows)
+    assert all(e.extras["faithfulness"]["settings"]["method"] == "bilrp" for e in rows)

@@ -59,6 +59,9 @@ class BaseEncoder(abc.ABC):
     `copy_as` where they can); tokenization, the pad reference and layer checks are shared here."""
 
     def __init__(self, tokenizer, name: str, max_length: int):
+        if not callable(tokenizer):
+            raise SimattrError(f"the tokenizer must be a Hugging Face tokenizer (callable), got "
+                               f"{type(tokenizer).__name__}")
         self.tokenizer = tokenizer
         self.name = name
         self.max_length = max_length
@@ -107,8 +110,14 @@ class BaseEncoder(abc.ABC):
             raise SimattrError(f"text must be a string, got {type(text).__name__}")
         if not text.strip():
             raise SimattrError("text is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SimattrError(f"text {_clip(text)} is not valid Unicode (an unpaired surrogate "
+                               f"{text[exc.start]!r} at position {exc.start}: a string decoded from bytes that are "
+                               f"not UTF-8?)") from None
         limit = min(max_length or self.max_length, self.max_length)
-        enc = self.tokenizer(text, return_tensors="pt", truncation=False)
+        enc = self.tokenizer(text, return_tensors="pt", truncation=False, verbose=False)
         ids = enc["input_ids"]
         truncated = False
         if ids.shape[1] > limit:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import SimattrError
+from ..errors import SimattrError, warn
 from .base import POOLINGS, BaseEncoder
 from .callable import CallableEncoder
 from .hf import Encoder
@@ -159,6 +159,10 @@ def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, devi
     device and dtype are checked before anything is loaded.
     """
     device, dtype = check_device(device), check_dtype(dtype)
+    if tokenizer is not None and not (isinstance(model, nn.Module) and hasattr(model, "config")
+                                      and not _is_sentence_transformer(model)):
+        raise SimattrError("tokenizer= goes with a Hugging Face model object; a path, a name, a SentenceTransformer "
+                           "or an Encoder brings its own tokenizer")
     if max_length is not None and (isinstance(max_length, bool) or not hasattr(max_length, "__index__")
                                    or max_length.__index__() < 1):
         raise SimattrError(f"max_length must be a positive integer (tokens), got {max_length!r}")
@@ -179,6 +183,9 @@ def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, devi
     if pooling is not None and pooling != enc.pooling and enc.head is None and not isinstance(enc, CallableEncoder):
         enc.pooling = pooling
     if max_length is not None:
+        if enc.max_length and int(max_length) > enc.max_length:
+            warn(f"max_length={int(max_length)} is above the model's maximum of {enc.max_length} tokens; the "
+                 f"model's is used")
         enc.max_length = min(enc.max_length, int(max_length)) if enc.max_length else int(max_length)
     if enc.model is not None and (device is not None or dtype is not None):
         enc.model.to(device=device, dtype=dtype)

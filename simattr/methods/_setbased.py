@@ -22,6 +22,10 @@ PUNCTUATION = frozenset(string.punctuation) | frozenset("“”‘’«»–—�
 def as_list(texts, side: str) -> list:
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (set, frozenset, dict)) or not hasattr(texts, "__iter__") or \
+            isinstance(texts, (bytes, bytearray)):
+        raise SimattrError(f"texts {side} must be a string or a list of strings (an ordered sequence), got "
+                           f"{type(texts).__name__}")
     texts = list(texts)
     if not texts:
         raise SimattrError(f"no texts on side {side}")
@@ -116,15 +120,42 @@ def resolve_idf(encoder, idf, references: Sequence[str]):
     if idf is True:
         return idf_table(tok, references, encoder.max_length)
     if isinstance(idf, dict):
+        if not idf:
+            raise SimattrError("idf is an empty dict: give token weights, or idf=None for uniform weights")
         table = {}
         for k, v in idf.items():
-            key = k if (k is None or isinstance(k, int)) else tok.convert_tokens_to_ids(k)
-            table[key] = float(v)
-        table.setdefault(None, max(table.values()) if table else 1.0)
+            table[_idf_key(tok, k)] = _idf_weight(k, v)
+        table.setdefault(None, max(table.values()))
         return table
     if isinstance(idf, (list, tuple)):
         return idf_table(tok, list(idf), encoder.max_length)
     raise SimattrError("idf must be True (idf over the texts b), a list of corpus texts or a dict of weights")
+
+
+def _idf_key(tok, k):
+    """A token id (an integer, or a token string of the vocabulary) of an idf dict; None: the default weight."""
+    if k is None:
+        return None
+    if hasattr(k, "__index__") and not isinstance(k, bool):
+        return k.__index__()
+    if isinstance(k, str):
+        i = tok.convert_tokens_to_ids(k)
+        unk = getattr(tok, "unk_token_id", None)
+        if i is None or (i == unk and k != getattr(tok, "unk_token", None)):
+            raise SimattrError(f"idf key {k!r} is not a token of the tokenizer's vocabulary (keys are token "
+                               f"strings such as {tok.convert_ids_to_tokens(2000)!r}, or token ids)")
+        return i
+    raise SimattrError(f"idf keys are token strings or token ids, not {type(k).__name__} ({k!r})")
+
+
+def _idf_weight(k, v) -> float:
+    try:
+        w = float(v)
+    except (TypeError, ValueError):
+        raise SimattrError(f"idf weight of {k!r} must be a number, got {v!r}") from None
+    if not math.isfinite(w) or w < 0:
+        raise SimattrError(f"idf weight of {k!r} must be a finite number >= 0, got {v!r}")
+    return w
 
 
 def token_weights(encoder, tokens, table: Optional[dict], zero_special: bool = True) -> Tensor:

@@ -57,6 +57,9 @@ def prepare_side(encoder: Encoder, text: str, layer: int, ref, units, normalize:
     with torch.no_grad():
         both = f(torch.cat([x, r], 0))
     check_finite(both, "the model's embedding of the input or the reference")
+    if torch.equal(x, r):
+        warn(f"the reference of text {tokens.text[:40]!r} equals the text itself (at layer {layer}): the path is "
+             f"empty and its attributions are all zero")
     return Side(encoder, tokens, x, r, f, make_units(tokens, units), both[0], both[1])
 
 
