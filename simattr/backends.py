@@ -1,7 +1,7 @@
 """The backend registry: which implementation of each operator runs where, and why the others do not.
 
-One loader for the compiled extension (`extension()`: built, not built, built for another torch, or disabled —
-said apart), one for Triton (`triton()`), and one table `REGISTRY` of operator -> backend -> what it needs and
+One loader for the compiled extension (`extension()`: built at install time, cached or compiled now on first use
+(simattr/compile_ext.py), not built, built for another torch, or disabled — said apart), one for Triton (`triton()`), and one table `REGISTRY` of operator -> backend -> what it needs and
 which devices it runs on, with the measured "auto" choice per device (`AUTO`). Dispatch (`choose`) and the
 per-operator part of `simattr info` (`report`) are both read from it. Adding a backend is one `Backend` entry plus its file.
 
@@ -24,7 +24,7 @@ from .errors import SimattrError
 @dataclass(frozen=True)
 class Status:
     available: bool
-    state: str  # extension: "built", "not built", "built for another torch", "disabled"; triton: "cuda", ...
+    state: str  # extension: "built", "cached", "compiled now", "not built", "built for another torch", "disabled"
     reason: str
 
 
@@ -34,8 +34,14 @@ def _load_extension() -> Tuple[Optional[object], Status]:
         return None, Status(False, "disabled", "disabled by SIMATTR_NO_EXT=1")
     try:
         mod = importlib.import_module("simattr._C")
-    except ModuleNotFoundError as exc:
-        return None, Status(False, "not built", f"not built ({exc}); pip install --no-build-isolation -e . builds it")
+    except ModuleNotFoundError as exc:  # not built at install time: compiled on first use into the user's cache
+        from . import compile_ext
+        mod, state, why = compile_ext.load()
+        if mod is None:
+            return None, Status(False, "not built", f"{why} [{exc}]; pip install --no-build-isolation -e . builds "
+                                                    f"it at install time")
+        cuda = bool(getattr(mod, "with_cuda", lambda: False)())
+        return mod, Status(True, state, why + (" with CUDA" if cuda else ""))
     except ImportError as exc:  # the file is there but does not link: compiled against another torch
         import torch
         return None, Status(False, "built for another torch",

@@ -1,5 +1,6 @@
 """The backend registry (simattr/backends.py): one loader for the extension, one table for dispatch and `info`."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ def _failing_import(exc):
 
 
 def test_extension_not_built_and_built_for_another_torch_are_told_apart(monkeypatch, fresh_loader):
+    monkeypatch.setenv("SIMATTR_NO_JIT", "1")  # not built, and not compiled on first use either
     monkeypatch.setattr(importlib, "import_module", _failing_import(ModuleNotFoundError("No module named 'simattr._C'")))
     status = backends.extension()
     assert (status.available, status.state) == (False, "not built") and "pip install" in status.reason
@@ -38,6 +40,15 @@ def test_extension_not_built_and_built_for_another_torch_are_told_apart(monkeypa
     assert backends.choose("maxsim", "cpu", density=0.1) == "torch"  # auto falls back to the reference
     with pytest.raises(simattr.SimattrError, match="built for another torch"):
         backends.choose("contraction", "cpu", "cpp")  # a named one says why it cannot run
+
+
+@pytest.mark.skipif(os.environ.get("SIMATTR_REQUIRE_EXT") != "1", reason="CI sets SIMATTR_REQUIRE_EXT=1")
+def test_the_extension_is_active_where_required():
+    """CI installs the project as the README says and requires the compiled kernels to be in use."""
+    status = backends.extension()
+    assert status.available, status.reason
+    assert backends.has_operator("maxsim") and backends.has_operator("contract_tangent")
+    assert backends.choose("contraction", "cpu") == "cpp"
 
 
 def test_disabled_extension(monkeypatch):
