@@ -57,6 +57,7 @@ def write_atomic(path, write: Callable, what: str = "output", binary: bool = Fal
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes it 0600: give it what a plain open() would
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
@@ -64,6 +65,16 @@ def write_atomic(path, write: Callable, what: str = "output", binary: bool = Fal
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _file_mode(path: str) -> int:
+    """The mode of the file being replaced, else what open() would give a new one (0666 less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _remove(path):

@@ -235,8 +235,15 @@ def test_a_picture_that_cannot_be_written_leaves_the_old_one(tmp_path, monkeypat
     with pytest.raises(simattr.SimattrError, match="No space left on device; nothing was changed"):
         outputs.write_atomic(path, fails, "HTML file")
     assert path.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path) == ["e.html"]
+    path.chmod(0o644)
     e.to_html(path)
     assert "<html" in path.read_text(encoding="utf-8")
+    assert path.stat().st_mode & 0o777 == 0o644  # the replaced file keeps its mode
+    fresh = tmp_path / "new.html"
+    e.to_html(fresh)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # a new one gets open()'s, not mkstemp's 0600
 
 
 def test_ctrl_c_is_a_one_line_message_and_exit_130(monkeypatch, capsys):

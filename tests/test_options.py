@@ -49,7 +49,7 @@ def test_every_option_with_a_flag_is_on_the_command_line():
     ({"steps": 0}, r"option steps=0 of method 'ij': must be at least 1"),
     ({"steps": 2.5}, r"option steps=2.5 of method 'ij'"),
     ({"tol": -1}, r"option tol=-1 of method 'ij': must be a positive number"),
-    ({"sim": "l2"}, r"option sim='l2' of method 'ij': choose one of 'cosine', 'dot'"),
+    ({"sim": "l2"}, r"option sim='l2' of method 'ij': choose one of 'auto', 'cosine', 'dot'"),
     ({"retry_float64": "yes"}, r"option retry_float64='yes' of method 'ij': must be True or False"),
     ({"reference": ("zero", "pad")}, r"PerSide\(ref_a, ref_b\)"),
     ({"sim": simattr.PerSide("cosine", "dot")}, r"option 'sim' of method 'ij' is shared by both texts"),

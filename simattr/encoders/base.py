@@ -58,6 +58,10 @@ class BaseEncoder(abc.ABC):
     (`prepared`). Subclasses give `num_layers`, `device`, `dtype`, `describe`, `hidden`, `function` and `prepared` (and
     `copy_as` where they can); tokenization, the pad reference and layer checks are shared here."""
 
+    #: how the model scores a pair (sentence-transformers' similarity_fn_name): "cosine", "dot", "euclidean",
+    #: "manhattan"; the path methods' sim="auto" follows it
+    similarity_fn = "cosine"
+
     def __init__(self, tokenizer, name: str, max_length: int):
         if not callable(tokenizer):
             raise SimattrError(f"the tokenizer must be a Hugging Face tokenizer (callable), got "

@@ -53,8 +53,20 @@ def _from_sentence_transformer(st, name="sentence-transformers") -> Encoder:
         seq = nn.Sequential(*rest)
         head = seq
     max_length = getattr(st, "max_seq_length", None)
-    return Encoder(first.auto_model, first.tokenizer, pooling=pooling, head=head, normalized=normalized,
-                   max_length=max_length, name=name)
+    enc = Encoder(first.auto_model, first.tokenizer, pooling=pooling, head=head, normalized=normalized,
+                  max_length=max_length, name=name)
+    enc.similarity_fn = str(getattr(st, "similarity_fn_name", None) or "cosine")
+    return enc
+
+
+def _st_similarity(path: Path) -> str:
+    """similarity_fn_name of a sentence-transformers directory (config_sentence_transformers.json; cosine if none)."""
+    cfg = path / "config_sentence_transformers.json"
+    try:
+        value = json.loads(cfg.read_text()).get("similarity_fn_name") if cfg.exists() else None
+    except (OSError, ValueError):
+        value = None
+    return str(value or "cosine")
 
 
 def _read_st_directory(path: Path):
@@ -212,7 +224,9 @@ def _load_path(model, pooling):
             return _from_sentence_transformer(st, name=name)
         tdir, st_pool, normalized, max_len = parsed
         hf, tok = _load_hf(tdir)
-        return Encoder(hf, tok, pooling=pooling or st_pool, normalized=normalized, max_length=max_len, name=name)
+        enc = Encoder(hf, tok, pooling=pooling or st_pool, normalized=normalized, max_length=max_len, name=name)
+        enc.similarity_fn = _st_similarity(path)
+        return enc
     if path.is_dir() and not (path / "config.json").exists():
         raise SimattrError(f"model path {name!r} holds no config.json or modules.json")
     try:

@@ -39,8 +39,9 @@ def path_options() -> list:
         Option("units", "token", "attribution units: 'token', 'word' (word pieces merged before the computation: "
                "fewer passes) or a list of token spans", _units, per_side=True, in_key=True,
                cli=Cli(choices=("token", "word"))),
-        Option("sim", "cosine", "similarity: 'cosine' (the L2 normalisation is part of f) or 'dot'",
-               one_of("cosine", "dot"), in_key=True),
+        Option("sim", "auto", "similarity: 'cosine' (the L2 normalisation is part of f), 'dot', or 'auto' (the "
+               "model's own: sentence-transformers' similarity_fn_name, cosine if it has none)",
+               one_of("auto", "cosine", "dot"), in_key=True),
         Option("mode", "auto", "how G is computed: forward (one JVP per unit and node), reverse (one VJP per "
                "embedding dimension), cross (the other text's G as cotangents), auto (the cheapest)",
                one_of(*engine.PAIR_MODES)),

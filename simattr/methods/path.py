@@ -23,6 +23,24 @@ from ..errors import SimattrError
 from ..options import side as side_value
 
 
+#: similarity functions of sentence-transformers that are a product of the two embeddings (decomposable as G_aᵀ G_b)
+PRODUCT_SIMILARITIES = {"cosine": "cosine", "dot": "dot", "dot_product": "dot", "cos_sim": "cosine"}
+
+
+def model_similarity(enc_a, enc_b) -> str:
+    """sim="auto": the towers' own similarity function, if it is cosine or dot; a SimattrError for a distance."""
+    fns = {getattr(enc_a, "similarity_fn", "cosine"), getattr(enc_b, "similarity_fn", "cosine")}
+    if len(fns) > 1:
+        raise SimattrError(f"the two towers score by different similarity functions ({', '.join(sorted(fns))}); "
+                           f"pass sim='cosine' or sim='dot'")
+    fn = fns.pop() or "cosine"
+    if fn not in PRODUCT_SIMILARITIES:
+        raise SimattrError(f"the model scores pairs by {fn} distance, which is not a product of the two embeddings: "
+                           f"IJ and BiLRP decompose cosine or dot similarity; pass sim='cosine' or sim='dot' to "
+                           f"explain one of those instead")
+    return PRODUCT_SIMILARITIES[fn]
+
+
 @dataclass
 class Path:
     """One text's path for the engine: f, x(α) = start + α·delta at `alphas` with `weights`, and the tangent whose
@@ -47,7 +65,8 @@ class PathJob(abc.ABC):
         self.encoders = (enc_a, enc_b)
         self.units = (side_value(o.units, 0), side_value(o.units, 1))
         self.units_option = o.units
-        self.layer, self.sim, self.mode, self.truncate = o.layer, o.sim, o.mode, o.truncate
+        self.layer, self.mode, self.truncate = o.layer, o.mode, o.truncate
+        self.sim = model_similarity(enc_a, enc_b) if o.sim == "auto" else o.sim
         self.budget = engine.parse_memory(o.max_memory)
         self.budget_given = self.budget is not None
         self.batch_size, self.contraction = o.internal_batch_size, o.contraction
