@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--shard", default=None, metavar="K/N",
                    help="explain only share K of N (K = 0..N-1; cost-balanced, as torchrun ranks are)")
     _add_options(m)
+    sh = sub.add_parser("show", help="render a saved explanation (JSON, or a row of explain-many's output)",
+                        description="Print a saved explanation and write it as HTML / PNG: a JSON file of "
+                                    "Explanation.to_json, or one row (--id) of an explain-many output (a .jsonl file, "
+                                    "a .parquet file or a folder of parts).")
+    sh.add_argument("file")
+    sh.add_argument("--id", default=None, help="the row's id (default: the only row, or the first)")
+    sh.add_argument("--top", type=int, default=10, help="strongest interactions to print")
+    sh.add_argument("--html", default=None, metavar="FILE", help="write an HTML heatmap")
+    sh.add_argument("--png", default=None, metavar="FILE", help="write a PNG (or .svg / .pdf) heatmap")
     sub.add_parser("options", help="every method's options (the reference in docs/options.md, as Markdown)")
     i = sub.add_parser("info", help="which backends are available")
     i.add_argument("--json", action="store_true")
@@ -268,6 +277,51 @@ def _stdout_rows(rows: list) -> str:
     return ""
 
 
+def _show(args) -> int:
+    """simattr show FILE: a saved explanation printed, and drawn with --html / --png."""
+    import os
+
+    from .explanation import Explanation
+    from .inputs import read_lines, read_parquet_files
+    if args.top < 0:
+        raise SimattrError(f"--top must be 0 or more, got {args.top}")
+    _check_outputs(args, (args.file,))
+    path = args.file
+    if os.path.isdir(path) or path.lower().endswith(".parquet"):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet")) \
+            if os.path.isdir(path) else [path]
+        if not files:
+            raise SimattrError(f"{path!r} holds no .parquet files")
+        rows = read_parquet_files(files).to_pylist()
+    else:
+        lines = [ln for ln in read_lines(path) if ln.strip()]
+        try:
+            rows = [json.loads(ln) for ln in lines]  # JSON lines (one line: a JSON explanation)
+        except ValueError:
+            try:
+                rows = [json.loads("\n".join(lines))]  # one JSON object over several lines
+            except ValueError:
+                raise SimattrError(f"{path!r} is neither a JSON explanation nor JSON lines of results") from None
+    if not rows:
+        raise SimattrError(f"{path!r} holds no explanation")
+    if args.id is not None:
+        found = [r for r in rows if isinstance(r, dict) and str(r.get("id")) == args.id]
+        if not found:
+            raise SimattrError(f"no row with id {args.id!r} in {path!r} ({len(rows)} rows)")
+        row = found[0]
+    else:
+        row = rows[0]
+    if not isinstance(row, dict):
+        raise SimattrError(f"{path!r}: an explanation is a JSON object, not {type(row).__name__}")
+    e = Explanation.from_row(row) if "status" in row else Explanation.from_dict(row)
+    print(e.format(top=args.top))
+    if args.html:
+        e.to_html(args.html)
+    if args.png:
+        e.to_png(args.png)
+    return 0
+
+
 def _info(args) -> int:
     from .backends import REGISTRY
     from .report import info as backend_info
@@ -303,6 +357,8 @@ def main(argv=None) -> int:
             return _explain(args, argv)
         if args.command == "explain-many":
             return _explain_many(args, argv)
+        if args.command == "show":
+            return _show(args)
         if args.command == "options":
             from .methods import OPTIONS
             from .options import markdown

@@ -6,7 +6,7 @@ and the sources' hash, and loaded from there by every later process.
 - where: `$SIMATTR_EXT_CACHE`, else `$XDG_CACHE_HOME/simattr/ext`, else `~/.cache/simattr/ext`;
 - once: a file lock per key, so parallel processes (torchrun ranks, Ray actors) build it once and the others wait
   and load it;
-- a one-time message on stderr while it compiles (about a minute on two cores);
+- a one-time message (logging, logger "simattr", level WARNING: shown on stderr unless configured) while it compiles (about a minute on two cores);
 - no compiler, no ninja, no sources (a wheel without csrc/), or a failed build: the PyTorch paths run, and
   `simattr info` says why (`Status.reason`). SIMATTR_NO_JIT=1 turns the compilation off.
 """
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
+log = logging.getLogger("simattr")
 FLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 
@@ -71,8 +73,8 @@ def load() -> Tuple[Optional[object], str, str]:
             _wait_for_lock(lock)
             fresh = not done.exists()  # another process may have built it while this one waited
             if fresh:
-                print(f"simattr: compiling the C++ kernels once for torch {_torch_version()} into {folder} "
-                      f"(about a minute; later runs load them)", file=sys.stderr, flush=True)
+                log.warning("simattr: compiling the C++ kernels once for torch %s into %s (about a minute; later "
+                            "runs load them)", _torch_version(), folder)
             from torch.utils.cpp_extension import load as load_extension
             module = load_extension(name=name, sources=sources, extra_cflags=list(FLAGS),
                                     extra_ldflags=list(LDFLAGS), extra_include_paths=header_dirs,

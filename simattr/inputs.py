@@ -92,10 +92,10 @@ def read_pairs(path: str, columns: Optional[dict] = None) -> Pairs:
         files = sorted(f for f in os.listdir(path) if f.endswith(".parquet"))
         if not files:
             raise SimattrError(f"the directory {path!r} holds no .parquet files and no saved datasets dataset")
-        return _from_table(_read_parquet([os.path.join(path, f) for f in files]), names, path)
+        return _from_table(read_parquet_files([os.path.join(path, f) for f in files]), names, path)
     lower = path.lower()
     if lower.endswith(".parquet"):
-        return _from_table(_read_parquet([path]), names, path)
+        return _from_table(read_parquet_files([path]), names, path)
     if lower.endswith((".csv", ".tsv")):
         return _read_delimited(path, names, "\t" if lower.endswith(".tsv") else ",")
     return _read_jsonl(path, names)
@@ -128,7 +128,7 @@ def _load_from_disk(path: str):
         raise SimattrError(f"cannot load the dataset {path!r}: {exc}") from None
 
 
-def _read_parquet(files: list):
+def read_parquet_files(files: list):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -165,3 +165,28 @@ def test_cli_explain_many_faithfulness(tmp_path, capsys):
     rows = [results.from_row(d) for d in _rows(capsys.readouterr().out)]
     assert len(rows) == 2 and all("pearson" in e.extras["faithfulness"] for e in rows)
     assert all(e.extras["faithfulness"]["settings"]["method"] == "bilrp" for e in rows)
+
+
+def test_cli_show_renders_saved_explanations(tmp_path, capsys):
+    one = tmp_path / "one.json"
+    assert main(["explain", "a cat sat", "the dog ran", "--method", "maxsim", "--json"]) == 0
+    one.write_text(capsys.readouterr().out, encoding="utf-8")
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(json.loads(one.read_text()), indent=2), encoding="utf-8")
+    for source in (one, pretty):
+        assert main(["show", str(source), "--html", str(tmp_path / "one.html")]) == 0
+        assert "method: maxsim" in capsys.readouterr().out and (tmp_path / "one.html").exists()
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"id": "x", "a": "a cat", "b": "a dog"}\n{"id": "y", "a": "", "b": "z"}\n', encoding="utf-8")
+    for out in (tmp_path / "rows.jsonl", tmp_path / "parts"):
+        assert main(["explain-many", str(pairs), "--method", "bilrp", "-o", str(out), "--quiet"]) == 0
+        assert main(["show", str(out), "--id", "x", "--png", str(tmp_path / "x.png"), "--top", "3"]) == 0
+        assert "method: bilrp" in capsys.readouterr().out and (tmp_path / "x.png").stat().st_size > 0
+        assert main(["show", str(out), "--id", "y"]) == 2
+        assert "is an error row: text a: text is empty" in capsys.readouterr().err
+        assert main(["show", str(out), "--id", "nope"]) == 2
+        assert "no row with id 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not json\n", encoding="utf-8")
+    assert main(["show", str(bad)]) == 2
+    assert "neither a JSON explanation nor JSON lines" in capsys.readouterr().err
