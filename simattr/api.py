@@ -35,10 +35,11 @@ class Explainer:
     """
 
     def __init__(self, model=None, model_b=None, *, pooling=None, tokenizer=None, device=None, dtype=None,
-                 max_length=None, cache_size: int = 0, **defaults):
+                 max_length=None, truncate_dim=None, cache_size: int = 0, **defaults):
         if isinstance(model, (tuple, list)) and len(model) == 2 and model_b is None:
             model, model_b = model
-        kw = dict(pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length)
+        kw = dict(pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
+                  truncate_dim=truncate_dim)
         self.encoder_a: Encoder = load_encoder(model, **kw)
         self.encoder_b: Encoder = self.encoder_a if model_b is None else load_encoder(model_b, **kw)
         self.defaults = dict(defaults)
@@ -164,6 +165,6 @@ def _no_texts(texts) -> bool:
 
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:
     """Explain the similarity of texts a and b: a token-by-token matrix whose sum decomposes the similarity."""
-    load_keys = ("model_b", "pooling", "tokenizer", "device", "dtype", "max_length")
+    load_keys = ("model_b", "pooling", "tokenizer", "device", "dtype", "max_length", "truncate_dim")
     load = {k: options.pop(k) for k in load_keys if k in options}
     return Explainer(model, **load).explain(a, b, method=method, **options)

@@ -261,7 +261,8 @@ def model_fingerprint(enc):
     thread, on a busy machine), under 1% of even a 4-step explain of two short texts."""
     try:
         return (_serial(enc), _serial(getattr(enc, "tokenizer", None)),
-                tuple(getattr(enc, name, None) for name in ("pooling", "normalized", "max_length")),
+                tuple(getattr(enc, name, None) for name in ("pooling", "normalized", "max_length", "truncate_dim",
+                                                          "similarity_fn")),
                 tuple(_part(getattr(enc, name, None)) for name in ("model", "head", "_embed", "_encode")))
     except Exception:  # noqa: BLE001
         return NO_CACHE

@@ -40,3 +40,24 @@ def test_a_distance_is_refused_unless_a_product_is_asked_for(tmp_path):
         ex.explain("a cat", "a dog", steps=2)
     assert ex.explain("a cat", "a dog", steps=2, sim="cosine").settings["sim"] == "cosine"
     assert ex.explain("a cat", "a dog", method="maxsim").score > 0  # the set-based methods do not use it
+
+
+def test_truncate_dim_is_what_sentence_transformers_scores(tmp_path):
+    """Matryoshka truncation: the score and the decomposed similarity are those of the first k dimensions, as
+    SentenceTransformer(truncate_dim=k).encode + similarity gives them; IJ's completeness holds for it."""
+    st = pytest.importorskip("sentence_transformers")
+    a, b = "A man is playing a guitar.", "Someone plays an instrument."
+    ref = st.SentenceTransformer(str(default_model_path()), device="cpu", truncate_dim=64)
+    emb = ref.encode([a, b], convert_to_tensor=True)
+    want = float(ref.similarity(emb[:1], emb[1:])[0, 0])
+    full = simattr.Explainer().explain(a, b, method="bilrp").score
+    assert abs(full - want) > 1e-3  # truncation changes the score
+    for ex in (simattr.Explainer(truncate_dim=64), simattr.Explainer(ref)):
+        e = ex.explain(a, b, method="bilrp")
+        assert e.score == pytest.approx(want, abs=1e-5)
+        ij = ex.explain(a, b, steps=32)
+        assert ij.score == pytest.approx(want, abs=1e-5) and ij.error < 1e-2
+    with pytest.raises(simattr.SimattrError, match="truncate_dim=1000 is larger than the model's 384"):
+        simattr.Explainer(truncate_dim=1000).explain(a, b, steps=2)
+    with pytest.raises(simattr.SimattrError, match="truncate_dim must be a positive integer"):
+        simattr.Explainer(truncate_dim=0)

@@ -61,6 +61,8 @@ class BaseEncoder(abc.ABC):
     #: how the model scores a pair (sentence-transformers' similarity_fn_name): "cosine", "dot", "euclidean",
     #: "manhattan"; the path methods' sim="auto" follows it
     similarity_fn = "cosine"
+    #: Matryoshka: embeddings cut to their first truncate_dim dimensions (sentence-transformers' truncate_dim)
+    truncate_dim = None
 
     def __init__(self, tokenizer, name: str, max_length: int):
         if not callable(tokenizer):
@@ -184,6 +186,13 @@ def prepared(*encoders):
         yield
 
 
+
+
+def truncated(emb, k: int):
+    """The first k dimensions of embeddings [N, D] (SimattrError if k > D)."""
+    if k > emb.shape[-1]:
+        raise SimattrError(f"truncate_dim={k} is larger than the model's {emb.shape[-1]}-dimensional embedding")
+    return emb[..., :k]
 
 
 def _clip(text: str, n: int = 40) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SimattrError
-from .base import POOLINGS, BaseEncoder, Tokens, pool
+from .base import POOLINGS, BaseEncoder, Tokens, pool, truncated
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The encoder's list of transformer blocks (BERT `encoder.layer`, DistilBERT `transformer.layer`, ModernBERT `layers`...)."""
@@ -153,7 +153,16 @@ class Encoder(BaseEncoder):
                 handle.remove()
                 slot.clear()
             emb = self._head(hidden, tokens.attention_mask.expand(n, -1))
-            if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
+            if self.truncate_dim is None:
+                if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
+                    emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                return emb
+            # Matryoshka, as sentence-transformers does it: the modules (Normalize included), then the first
+            # truncate_dim dimensions; cosine normalises the truncated embedding
+            if own_norm and self.normalized:
+                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            emb = truncated(emb, self.truncate_dim)
+            if normalize:
                 emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return emb
 

@@ -56,6 +56,8 @@ def _from_sentence_transformer(st, name="sentence-transformers") -> Encoder:
     enc = Encoder(first.auto_model, first.tokenizer, pooling=pooling, head=head, normalized=normalized,
                   max_length=max_length, name=name)
     enc.similarity_fn = str(getattr(st, "similarity_fn_name", None) or "cosine")
+    if getattr(st, "truncate_dim", None):
+        enc.truncate_dim = int(st.truncate_dim)
     return enc
 
 
@@ -163,18 +165,22 @@ def check_dtype(dtype):
 
 
 def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, device=None, dtype=None,
-                 max_length: Optional[int] = None) -> Encoder:
+                 max_length: Optional[int] = None, truncate_dim: Optional[int] = None) -> Encoder:
     """Resolve `model` into an Encoder.
 
     model: None (bundled all-MiniLM-L6-v2), an Encoder, a SentenceTransformer object, a Hugging Face model object
     (with `tokenizer`), or a path / hub name (sentence-transformers directory, or a plain HF encoder with `pooling`).
-    device and dtype are checked before anything is loaded.
+    device and dtype are checked before anything is loaded. truncate_dim: keep the first k embedding dimensions
+    (Matryoshka; a SentenceTransformer's own truncate_dim is read).
     """
     device, dtype = check_device(device), check_dtype(dtype)
     if tokenizer is not None and not (isinstance(model, nn.Module) and hasattr(model, "config")
                                       and not _is_sentence_transformer(model)):
         raise SimattrError("tokenizer= goes with a Hugging Face model object; a path, a name, a SentenceTransformer "
                            "or an Encoder brings its own tokenizer")
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not hasattr(truncate_dim, "__index__")
+                                     or truncate_dim.__index__() < 1):
+        raise SimattrError(f"truncate_dim must be a positive integer (dimensions), got {truncate_dim!r}")
     if max_length is not None and (isinstance(max_length, bool) or not hasattr(max_length, "__index__")
                                    or max_length.__index__() < 1):
         raise SimattrError(f"max_length must be a positive integer (tokens), got {max_length!r}")
@@ -199,6 +205,8 @@ def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, devi
             warn(f"max_length={int(max_length)} is above the model's maximum of {enc.max_length} tokens; the "
                  f"model's is used")
         enc.max_length = min(enc.max_length, int(max_length)) if enc.max_length else int(max_length)
+    if truncate_dim is not None:
+        enc.truncate_dim = truncate_dim.__index__()
     if enc.model is not None and (device is not None or dtype is not None):
         enc.model.to(device=device, dtype=dtype)
         if isinstance(enc.head, nn.Module):

@@ -104,6 +104,10 @@ def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) ->
     f = encoder.function(tokens, layer, normalize=False, own_norm=False)
     if sim == "dot" and not encoder.normalized:
         return f
+    if sim == "dot" and getattr(encoder, "truncate_dim", None):
+        raise SimattrError("BiLRP of a dot product of truncated embeddings of a model that normalises them first "
+                           "(Normalize, then truncate_dim) is not implemented: use sim='cosine' (equal up to the "
+                           "scale) or method='ij'")
     # cosine, or a model ending with its own Normalize module: the norm is held constant, like LayerNorm's std
 
     def f_cos(x: Tensor) -> Tensor:
