@@ -70,6 +70,13 @@ class Explainer:
         if self.cache is not None:
             self.cache.clear()
 
+    def check_options(self, method: str, options: dict, soft_options: dict = None) -> dict:
+        """The options `method` would run with here (the Explainer's defaults applied); SimattrError naming a bad
+        one."""
+        soft = {k: v for k, v in self.defaults.items() if k != "method"}
+        soft.update(soft_options or {})
+        return resolve_options(method, options, soft)
+
     def explain(self, a, b, method: str = None, *, soft_options: dict = None, **options) -> Explanation:
         """Explain a and b with `method`. `soft_options`: defaults applied only if the method takes them (the CLI
         passes its defaults this way); an explicit option the method does not take raises SimattrError."""

@@ -81,10 +81,8 @@ def explain_batch(explainer, batch, method: Optional[str] = None, *, columns: Op
                   settings_hash: Optional[str] = None, metadata: Optional[dict] = None, first_id: int = 0,
                   **options):
     """One result row per input row (`simattr.results`), as a pyarrow Table in input order; see the module."""
-    from .api import resolve_options
-    method = method or explainer.defaults.get("method", "ij")
-    soft = {k: v for k, v in explainer.defaults.items() if k != "method"}
-    resolve_options(method, options, soft)  # a bad option: the whole batch's mistake, raised now
+    method = explainer.defaults.get("method", "ij") if method is None else method
+    explainer.check_options(method, options)  # a bad option: the whole batch's mistake, raised now
     ids, texts_a, texts_b = columns_of(batch, columns, first_id)
     rows = explain_rows(explainer, ids, texts_a, texts_b, method, settings_hash, **options)
     return results.to_table(rows, metadata)

@@ -64,7 +64,9 @@ def run(explainer_factory: Callable, pairs: Pairs, method: str, options: dict, *
     summary = Summary(pairs=len(mine))
     kind = output_kind(output)
     if kind == "parquet":
-        store = PartsOutput(output, job_hash, resume, rank.rank, metadata, results.id_type(pairs.ids))
+        kind_of_id = results.id_type(pairs.ids)  # one id type for every part of the job
+        store = PartsOutput(output, job_hash, resume,
+                            lambda rows, meta: results.to_table(rows, meta, kind_of_id), rank.rank, metadata)
     elif kind == "jsonl":
         if rank.world > 1 and rank.launcher != "shard":  # launched ranks all get the same -o
             raise SimattrError(f"{rank.world} {rank.launcher} processes cannot share one JSON-lines file "

@@ -205,7 +205,7 @@ class JobOutput:
 class PartsOutput:
     """A directory of Parquet part files, the output of one many-pair job (or of one rank of it):
 
-        with PartsOutput(folder, hash, resume, rank=0, metadata={...}) as out:  # out.done: ids in the parts
+        with PartsOutput(folder, hash, resume, make_table, rank=0, metadata={...}) as out:  # out.done: ids
             out.write(rows)                                                   # one part, atomically
 
     Each part is written to a temporary file in the folder, fsynced and renamed to
@@ -214,10 +214,11 @@ class PartsOutput:
     is refused without `resume` (nothing is overwritten); with it, every part must carry this job's settings hash
     (in its metadata). Ranks lock their own `.lock-r{rank}`, so a second writer of the same rank is refused."""
 
-    def __init__(self, folder: str, job_hash: str, resume: bool, rank: int = 0, metadata: dict = None,
-                 id_kind=None):
+    def __init__(self, folder: str, job_hash: str, resume: bool, make_table: Callable, rank: int = 0,
+                 metadata: dict = None):
+        """make_table(rows, metadata) -> a pyarrow Table (`simattr.results.to_table`)."""
         self.folder, self.hash, self.resume, self.rank = os.fspath(folder), job_hash, resume, int(rank)
-        self.metadata, self.id_kind = dict(metadata or {}, settings_hash=job_hash), id_kind
+        self.metadata, self.make_table = dict(metadata or {}, settings_hash=job_hash), make_table
         self.done, self.lock, self.next = set(), None, 0
 
     def __enter__(self):
@@ -280,11 +281,9 @@ class PartsOutput:
     def write(self, rows: list) -> str:
         """One part of `rows` (with this job's settings in its metadata); returns its path."""
         import pyarrow.parquet as pq
-
-        from .results import to_table
         if not rows:
             return ""
-        table = to_table([dict(r, settings_hash=self.hash) for r in rows], self.metadata, self.id_kind)
+        table = self.make_table([dict(r, settings_hash=self.hash) for r in rows], self.metadata)
         name = f"part-r{self.rank:04d}-{self.next:06d}.parquet"
         tmp = os.path.join(self.folder, f".tmp-r{self.rank}-{self.next:06d}.parquet")
         try:
