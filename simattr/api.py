@@ -120,16 +120,22 @@ class Explainer:
         return (e for e in results)  # a generator (closable) like the path methods' stream
 
     def explain_many(self, a, b, method: str = None, *, all_pairs: bool = False, soft_options: dict = None,
-                     **options) -> list:
+                     show_progress_bar: bool = False, **options) -> list:
         """Explanations of many pairs: a and b lists of equal length, or one text on a side against a list on the
         other (one query against many documents); all_pairs=True: every text of a with every text of b, returned
         as a list of rows (len(a) lists of len(b) explanations). method: as in `explain` (default: the
         Explainer's `method` default, else "ij").
 
         maxsim, bertscore and ot embed all texts in batches; ij and bilrp compute each distinct text's G at most
-        once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`)."""
+        once and plan per pair whether A comes from two known G's or from cross passes (`simattr.jobs`).
+        show_progress_bar: a tqdm bar over the pairs on stderr (as sentence-transformers' encode has it)."""
         a, b = _ordered(a, "a"), _ordered(b, "b")  # generators read once
-        out = list(self.iter_many(a, b, method, all_pairs=all_pairs, soft_options=soft_options, **options))
+        stream = self.iter_many(a, b, method, all_pairs=all_pairs, soft_options=soft_options, **options)
+        if show_progress_bar:
+            from tqdm import tqdm
+            n_a, n_b = (1 if isinstance(t, str) else len(t) for t in (a, b))
+            stream = tqdm(stream, total=n_a * n_b if all_pairs else max(n_a, n_b), unit="pair")
+        out = list(stream)
         if all_pairs and _no_texts(b):
             out = [[] for _ in ([] if _no_texts(a) else as_list(a, "a"))]
         elif all_pairs and not _no_texts(a):

@@ -75,8 +75,8 @@ def run(explainer_factory: Callable, pairs: Pairs, method: str, options: dict, *
     else:
         store = None
     with store if store is not None else _nothing():
-        done = store.done if store is not None else set()
-        todo = [k for k in mine if pairs.ids[k] not in done]
+        done = {str(i) for i in store.done} if store is not None else set()  # ids by text: parts may hold them as strings
+        todo = [k for k in mine if str(pairs.ids[k]) not in done]
         summary.skipped = len(mine) - len(todo)
         write = store.write if store is not None else emit
         if todo:

@@ -162,7 +162,7 @@ def _unique(ids: list, label: str) -> list:
     for i in ids:
         if i is None:
             raise SimattrError(f"{label}: an id is missing (null)")
-        key = i if isinstance(i, (int, str)) else repr(i)
+        key = str(i)  # 5 and "5" are one id in an output (ids are written as strings when they are not all ints)
         if key in seen:
             raise SimattrError(f"{label}: the id {i!r} occurs twice; ids must be unique (resume and the output "
                                f"go by id)")

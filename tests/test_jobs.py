@@ -365,3 +365,10 @@ def test_a_job_leaves_no_process_wide_state_behind(explainer):
     it.close()  # a stream closed early restores everything too
     assert set(AttentionInterface._global_mapping) == before
     assert (model.training, [p.requires_grad for p in model.parameters()], model.config._attn_implementation) == state
+
+
+def test_explain_many_progress_bar(explainer, capsys):
+    rows = explainer.explain_many(["a cat", "birds"], ["a dog", "planes", "x"], method="maxsim", all_pairs=True,
+                                  show_progress_bar=True)
+    assert [len(r) for r in rows] == [3, 3]
+    assert "6/6" in capsys.readouterr().err  # the bar's count on stderr
