@@ -84,9 +84,7 @@ class Explainer:
         given = opts.pop("method", None) if method is None else method
         opts.pop("method", None)
         method = self.defaults.get("method", "ij") if given is None else given
-        soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(soft_options or {})
-        opts = resolve_options(method, opts, soft)
+        opts = self.check_options(method, opts, soft_options)
         for name, text in (("a", a), ("b", b)):
             if not isinstance(text, str):
                 raise SimattrError(f"text {name} must be a string, got {type(text).__name__}")
@@ -101,9 +99,7 @@ class Explainer:
         done (`simattr.jobs.run`; exhaust or close the iterator to restore the model), the batched methods after
         their batch. Options are checked before the first pair."""
         method = self.defaults.get("method", "ij") if method is None else method
-        soft = {k: v for k, v in self.defaults.items() if k != "method"}
-        soft.update(soft_options or {})
-        opts = resolve_options(method, options, soft)
+        opts = self.check_options(method, options, soft_options)
         a, b = _ordered(a, "a"), _ordered(b, "b")
         if _no_texts(a) or _no_texts(b):  # an empty batch (a filter left nothing): no pairs
             return (e for e in ())

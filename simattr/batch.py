@@ -93,18 +93,18 @@ def explain_rows(explainer, ids: list, texts_a: list, texts_b: list, method: str
     """The rows of `explain_batch` as dicts, in input order. after(e, a, b): called on each Explanation before its
     row is made (e.g. a faithfulness check that adds to its extras); its failure is that pair's error row."""
     truncate = bool(options.get("truncate", explainer.defaults.get("truncate", False)))
-    problems = {}  # (tower, text) -> reason
-    for tower, texts, enc in ((0, texts_a, explainer.encoder_a), (1, texts_b, explainer.encoder_b)):
-        for t in texts:
-            key = (tower, t if isinstance(t, str) else id(t))
-            if key not in problems:
-                problems[key] = _text_problem(t, enc, truncate)
+    problems = {}  # (tower, text) -> reason, each distinct text checked once
+
+    def problem(tower: int, t):
+        key = (tower, t if isinstance(t, str) else id(t))
+        if key not in problems:
+            problems[key] = _text_problem(t, (explainer.encoder_a, explainer.encoder_b)[tower], truncate)
+        return problems[key]
     rows = [None] * len(ids)
     good = []
     for k, (a, b) in enumerate(zip(texts_a, texts_b)):
-        why = [f"text {side}: {problems[(tower, t if isinstance(t, str) else id(t))]}"
-               for side, tower, t in (("a", 0, a), ("b", 1, b))
-               if problems[(tower, t if isinstance(t, str) else id(t))]]
+        why = [f"text {side}: {reason}" for side, tower, t in (("a", 0, a), ("b", 1, b))
+               if (reason := problem(tower, t))]
         if why:
             rows[k] = results.error_row(ids[k], method, "; ".join(why), settings_hash)
         else:

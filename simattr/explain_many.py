@@ -9,6 +9,7 @@ gives (the rows do not depend on the batching: each pair's explanation is its ow
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ def run(explainer_factory: Callable, pairs: Pairs, method: str, options: dict, *
         store = JobOutput(output, job_hash, resume)
     else:
         store = None
-    with store if store is not None else _nothing():
+    with store if store is not None else contextlib.nullcontext():
         done = {str(i) for i in store.done} if store is not None else set()  # ids by text: parts may hold them as strings
         todo = [k for k in mine if str(pairs.ids[k]) not in done]
         summary.skipped = len(mine) - len(todo)
@@ -98,14 +99,6 @@ def run(explainer_factory: Callable, pairs: Pairs, method: str, options: dict, *
         if store is not None:
             store.finish()
     return summary
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress(kind: str, total: int) -> Callable:
