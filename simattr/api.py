@@ -5,6 +5,7 @@ from typing import Iterator
 
 from . import jobs
 from .encoders import Encoder, load_encoder
+from .encoders.loading import side_encoder
 from .errors import SimattrError
 from .explanation import Explanation
 from .methods import BATCH_METHODS, METHODS, OPTIONS, PAIR_JOBS
@@ -32,16 +33,34 @@ class Explainer:
     changed weights or tensors are never served stale; `clear_cache()` frees the memory and covers the changes a key
     cannot see (see `jobs.GCache`). Options that only change *how* G is computed (mode, attention, contraction,
     memory) are not part of the key.
+
+    What each side's tower does with a text, as sentence-transformers' encode / encode_query / encode_document do it
+    (each a string for both sides, or a pair (a, b)): task ("query" / "document": a Router's route or a
+    multi-vector model's query / document encoding, and that task's prompt; such a model runs text a as the query
+    and text b as the document unless told),
+    prompt (a text put before the text), prompt_name (one of the model's prompts); without these the model's
+    default_prompt_name applies. The prompt's tokens are context, held fixed and left out of the result, unless
+    include_prompt=True (then they are explained like the text's, and marked in `extras["prompt"]`).
     """
 
     def __init__(self, model=None, model_b=None, *, pooling=None, tokenizer=None, device=None, dtype=None,
-                 max_length=None, truncate_dim=None, cache_size: int = 0, **defaults):
+                 max_length=None, truncate_dim=None, task=None, prompt=None, prompt_name=None,
+                 include_prompt: bool = False, cache_size: int = 0, **defaults):
         if isinstance(model, (tuple, list)) and len(model) == 2 and model_b is None:
             model, model_b = model
         kw = dict(pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                   truncate_dim=truncate_dim)
-        self.encoder_a: Encoder = load_encoder(model, **kw)
-        self.encoder_b: Encoder = self.encoder_a if model_b is None else load_encoder(model_b, **kw)
+        base_a = load_encoder(model, **kw)
+        base_b = base_a if model_b is None else load_encoder(model_b, **kw)
+        tasks = _per_side(task, "task")
+        if task is None and base_b is base_a and _routed(base_a):
+            tasks = ("query", "document")  # a Router's two towers
+        prompts, names = _per_side(prompt, "prompt"), _per_side(prompt_name, "prompt_name")
+        self.encoder_a: Encoder = side_encoder(base_a, tasks[0], prompts[0], names[0], include_prompt)
+        if base_b is base_a and (tasks[0], prompts[0], names[0]) == (tasks[1], prompts[1], names[1]):
+            self.encoder_b = self.encoder_a  # one tower: a text's G serves both sides
+        else:
+            self.encoder_b: Encoder = side_encoder(base_b, tasks[1], prompts[1], names[1], include_prompt)
         self.defaults = dict(defaults)
         if "method" in self.defaults:
             resolve_options(self.defaults["method"], {})
@@ -150,6 +169,22 @@ class Explainer:
         return explain_batch(self, batch, method, columns=columns, **options)
 
 
+def _per_side(value, name: str) -> tuple:
+    """(a, b) of a per-side setting: one value for both sides, or a pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise SimattrError(f"{name} takes one value or a pair (a, b), got {len(value)} values")
+        return tuple(value)
+    return value, value
+
+
+def _routed(enc) -> bool:
+    """A model whose query and document towers differ: a Router's routes, a multi-vector model's tasks."""
+    source = getattr(enc, "source", None)
+    return getattr(enc, "multi_vector", False) or (
+        source is not None and any(type(m).__name__ == "Router" for m in source))
+
+
 def _require_pyarrow():
     try:
         import pyarrow  # noqa: F401
@@ -174,6 +209,7 @@ def _no_texts(texts) -> bool:
 
 def explain(a, b, model=None, method: str = "ij", **options) -> Explanation:
     """Explain the similarity of texts a and b: a token-by-token matrix whose sum decomposes the similarity."""
-    load_keys = ("model_b", "pooling", "tokenizer", "device", "dtype", "max_length", "truncate_dim")
+    load_keys = ("model_b", "pooling", "tokenizer", "device", "dtype", "max_length", "truncate_dim", "task", "prompt",
+                 "prompt_name", "include_prompt")
     load = {k: options.pop(k) for k in load_keys if k in options}
     return Explainer(model, **load).explain(a, b, method=method, **options)

@@ -84,6 +84,15 @@ def _add_options(e):
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("--truncate-dim", type=int, default=None, help="Matryoshka: the first N embedding dimensions")
+    for side in ("a", "b"):
+        e.add_argument(f"--task-{side}", default=None, help=f"text {side.upper()} as a 'query' or a 'document' "
+                       f"(a Router's route, a multi-vector model's encoding, and the task's prompt)")
+        e.add_argument(f"--prompt-{side}", default=None, help=f"a prompt put before text {side.upper()}")
+        e.add_argument(f"--prompt-name-{side}", default=None, help=f"one of the model's prompts for text "
+                       f"{side.upper()}")
+    e.add_argument("--include-prompt", action="store_true", help="explain the prompt's tokens too (default: held as "
+                   "context and left out)")
     group = e.add_argument_group("method options (docs/options.md; each says which methods take it)")
     global _OPTION_NAMES
     _OPTION_NAMES = options.add_arguments(group, OPTIONS)
@@ -144,8 +153,19 @@ def _explainer(args, argv, cache_size: int = 0):
     soft = {}
     dtype = getattr(torch, args.dtype) if args.dtype else None
     ex = Explainer(args.model, args.model_b, pooling=args.pooling, device=args.device, dtype=dtype,
-                   max_length=args.max_length, cache_size=cache_size)
+                   max_length=args.max_length, truncate_dim=args.truncate_dim, cache_size=cache_size,
+                   **_side_settings(args))
     return ex, explicit, soft
+
+
+def _side_settings(args) -> dict:
+    """task / prompt / prompt_name per side (a pair only where a side is given) and include_prompt."""
+    out = {"include_prompt": bool(args.include_prompt)}
+    for name in ("task", "prompt", "prompt_name"):
+        a, b = getattr(args, f"{name}_a"), getattr(args, f"{name}_b")
+        if a is not None or b is not None:
+            out[name] = (a, b)
+    return out
 
 
 def _explain(args, argv=None) -> int:
@@ -208,6 +228,7 @@ def _job_settings(args, pairs) -> dict:
     options = {dest: getattr(args, dest, None) for dest in _OPTION_NAMES}
     return {"method": args.method, "options": options, "model": args.model, "model_b": args.model_b,
             "pooling": args.pooling, "dtype": args.dtype, "max_length": args.max_length,
+            "truncate_dim": args.truncate_dim, **{k: v for k, v in _side_settings(args).items() if v},
             "faithfulness": args.faithfulness, "pairs": digest.hexdigest(), "n_pairs": len(pairs)}
 
 

@@ -54,12 +54,15 @@ def check_layer(encoder: Encoder, layer) -> int:
 @torch.no_grad()
 def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int] = None, truncate: bool = False,
                      batch_size: int = 64) -> TokenBatch:
-    """Token embeddings at `layer` of every text (all its tokens, special tokens included), padded to one length."""
+    """Token embeddings at `layer` of every text (all its tokens, special tokens included; a prompt only where it
+    is shown, `Tokens.held`), padded to one length."""
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not texts:
         raise SimattrError("no texts given")
+    if getattr(encoder, "multi_vector", False) and layer is None:
+        return _multi_vectors(encoder, texts, truncate)
     layer = check_layer(encoder, layer)
     toks = [encoder.tokenize(t, truncate=truncate) for t in texts]
     rows = []
@@ -80,10 +83,13 @@ def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int
                 for key in chunk[0].extra:
                     extra[key] = torch.stack([_pad(t.extra[key][0], S, 0) for t in chunk])
                 out = _layer_output(encoder, ids, mask, extra, layer)
-            rows.extend(out[k, : chunk[k].length] for k in range(len(chunk)))
+            for k, t in enumerate(chunk):  # a prompt held as context is not one of the text's tokens
+                keep = [s for s, h in enumerate(t.held) if not h]
+                rows.append(out[k, keep] if len(keep) < t.length else out[k, : t.length])
     finally:
         if model is not None:
             model.train(training)
+    toks = [t.without_held() for t in toks]
     S = max(t.length for t in toks)
     emb = _pad_stack(rows, S)
     check_finite(emb, f"the token embeddings at layer {layer}")
@@ -91,6 +97,24 @@ def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int
     for k, t in enumerate(toks):
         mask[k, : t.length] = True
     return TokenBatch(tokens=toks, embeddings=emb, mask=mask, layer=layer)
+
+
+def _multi_vectors(encoder, texts, truncate: bool) -> TokenBatch:
+    """A multi-vector model's own token vectors (its projection, scoring mask and normalisation: what its encode
+    gives), one row per scored token; layer -1 in the batch marks them."""
+    toks, rows = [], []
+    with encoder.prepared():
+        for text in texts:
+            t = encoder.tokenize(text, truncate=truncate)
+            rows.append(encoder.token_vectors(t))
+            toks.append(t.select(t.scoring))
+    S = max(t.length for t in toks)
+    emb = _pad_stack(rows, S)
+    check_finite(emb, "the model's token vectors")
+    mask = torch.zeros(len(toks), S, dtype=torch.bool, device=emb.device)
+    for k, t in enumerate(toks):
+        mask[k, : t.length] = True
+    return TokenBatch(tokens=toks, embeddings=emb, mask=mask, layer=-1)
 
 
 def _layer_output(encoder: Encoder, ids: Tensor, mask: Tensor, extra: dict, layer: int) -> Tensor:

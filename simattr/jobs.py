@@ -254,7 +254,7 @@ def _part(x):
 
 def model_fingerprint(enc):
     """A cheap key of everything of an encoder a G depends on that can change in place: which encoder, tokenizer,
-    model and head (or a CallableEncoder's functions), its pooling settings, and per parameter and buffer (of the
+    model and head (or a CallableEncoder's functions), its pooling, prompt and route settings, and per parameter and buffer (of the
     model and of a head that is a module) its storage, data pointer, version counter (bumped by every in-place
     change made through PyTorch), shape, stride, dtype and device. NO_CACHE if the tensors cannot be read (a
     tensor without storage). What it cannot see: `GCache`. Cost: 0.3-0.5 ms for MiniLM's 105 tensors (one CPU
@@ -262,7 +262,8 @@ def model_fingerprint(enc):
     try:
         return (_serial(enc), _serial(getattr(enc, "tokenizer", None)),
                 tuple(getattr(enc, name, None) for name in ("pooling", "normalized", "max_length", "truncate_dim",
-                                                          "similarity_fn")),
+                                                          "similarity_fn", "prompt", "include_prompt",
+                                                          "pool_include_prompt", "route")),
                 tuple(_part(getattr(enc, name, None)) for name in ("model", "head", "_embed", "_encode")))
     except Exception:  # noqa: BLE001
         return NO_CACHE
@@ -333,6 +334,16 @@ class PairJob(Protocol):
 
     def side(self, tower: int, text: str):
         """Everything of one text that the passes need (tower 0: encoder a, 1: encoder b)."""
+
+    def combine(self, side_a, side_b, G_a, G_b):
+        """A [U_a, U_b] of a pair from its two G's (G_aᵀ G_b for a dot product)."""
+
+    def reference_embedding(self, side):
+        """f(r) of a text for the partner's first-order terms (None: no reference; one more cotangent in a cross
+        run otherwise)."""
+
+    def first_order(self, side_a, side_b, G_a, G_b, known: dict):
+        """(m_a, m_b): the first-order terms of the score's decomposition (methods/path.py)."""
 
     def item(self, side) -> Item:
         ...
@@ -497,19 +508,25 @@ class _CrossRuns:
                 self.by_other.setdefault(p.known_and_other(q)[1], []).append(q)
 
     def __call__(self, k: int) -> tuple:
-        """(A [U_a, U_b], the run's plan, this pair's share of the run's seconds)."""
+        """(A [U_a, U_b], the first-order terms of the side not materialised ({"a"|"b": m}), the run's plan, this
+        pair's share of the run's seconds)."""
         if k not in self.done:
             other = self.p.known_and_other(k)[1]
             group = [q for q in self.by_other[other] if q >= k and q not in self.done]
             knowns = list(dict.fromkeys(self.p.known_and_other(q)[0] for q in group))
             t0 = time.perf_counter()
-            Ms, run_plan = _cross_run(self.job, [self.made(t) for t in knowns], self.sides[other])
+            refs = [self.job.reference_embedding(self.sides[t]) for t in knowns]
+            Ms, firsts, run_plan = _cross_run(self.job, [self.made(t) for t in knowns], self.sides[other], refs)
             share = (time.perf_counter() - t0) / len(group)
-            M_of, run_plan = dict(zip(knowns, Ms)), dict(run_plan, pairs_in_run=len(group))
+            M_of, first_of = dict(zip(knowns, Ms)), dict(zip(knowns, firsts))
+            run_plan = dict(run_plan, pairs_in_run=len(group))
             for q in group:
-                self.done[q] = (M_of[self.p.known_and_other(q)[0]], run_plan, share)
-        M, run_plan, share = self.done.pop(k)
-        return (M if self.p.pairs.how[k] == "cross-a" else M.T), run_plan, share
+                known = self.p.known_and_other(q)[0]
+                self.done[q] = (M_of[known], first_of[known], run_plan, share)
+        M, first, run_plan, share = self.done.pop(k)
+        if self.p.pairs.how[k] == "cross-a":  # a known: M = G_aᵀ G_b, the run gave b's first-order terms
+            return M, {"b": first}, run_plan, share
+        return M.T, {"a": first}, run_plan, share
 
 
 def execute(job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache], zt) -> Iterator:
@@ -520,13 +537,14 @@ def execute(job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache], z
     for k, ((i, j), how) in enumerate(zip(p.ids, p.pairs.how)):
         t0 = time.perf_counter()
         if how == "both":
-            A, cross_plan, share = made(i).T.double() @ made(j).double(), None, 0.0
+            A, known, cross_plan, share = job.combine(sides[i], sides[j], made(i), made(j)), {}, None, 0.0
         else:
-            A, cross_plan, share = crossed(k)
+            A, known, cross_plan, share = crossed(k)
             t0 = time.perf_counter()
         plans = [made.plan_of(t, cross_plan) for t in (i, j)]
+        first = job.first_order(sides[i], sides[j], made.G.get(i), made.G.get(j), known)
         e = job.explanation(sides[i], sides[j], A, made.G.get(i), made.G.get(j), plans,
-                            time.perf_counter() - t0 + share + p.setup_seconds)
+                            time.perf_counter() - t0 + share + p.setup_seconds, first)
         if len(p.ids) > 1:
             e.extras["job"] = dict(p.pairs.as_dict(), pairs=len(p.ids), texts=len(p.items), how=how)
         with runtime.paused(zt):
@@ -550,23 +568,33 @@ def run(job: PairJob, texts_a: Sequence[str], texts_b: Sequence[str], all_pairs:
         yield from execute(job, plan(job, sides, texts, ids, cache, t_start), sides, cache, zt)
 
 
-def _cross_run(job: PairJob, Gs: list, other):
+def _cross_run(job: PairJob, Gs: list, other, refs: list = None):
     """job.cross on the columns of the known G's that are not zero (units with no tangent, e.g. [CLS]/[SEP] under
-    the pad reference, have zero columns and so zero rows of M: no pass for them); zero rows put back."""
+    the pad reference, have zero columns and so zero rows of M: no pass for them); zero rows put back. refs: per
+    known G, f(r) of its text (or None): one more cotangent each, whose row is the other text's first-order terms
+    against that reference (G_otherᵀ f(r_known)). Returns (Ms, the other text's first-order terms per G, plan)."""
+    refs = list(refs) if refs is not None else [None] * len(Gs)
     live = [(G != 0).any(0) for G in Gs]
     n_other = len(other.units)
-    if not any(bool(m.any()) for m in live):
-        return [G.new_zeros(G.shape[1], n_other, dtype=torch.float64) for G in Gs], \
+    cols = [torch.cat([G[:, m]] + ([r.reshape(-1, 1).to(G.dtype)] if r is not None else []), 1)
+            for G, m, r in zip(Gs, live, refs)]
+    if not any(c.shape[1] for c in cols):
+        return [G.new_zeros(G.shape[1], n_other, dtype=torch.float64) for G in Gs], [None] * len(Gs), \
             {"mode": "none", "reason": "the known sides have no active units: A = 0 without a pass"}
     with named("cross_run"):
-        Ms, plan = job.cross([G[:, m] for G, m in zip(Gs, live) if m.any()], other)
-    Ms, out = iter(Ms), []
-    for G, m in zip(Gs, live):
+        Ms, plan = job.cross([c for c in cols if c.shape[1]], other)
+    Ms, out, firsts = iter(Ms), [], []
+    for G, m, r, c in zip(Gs, live, refs, cols):
         full = G.new_zeros(G.shape[1], n_other, dtype=torch.float64)
-        if m.any():
-            full[m] = next(Ms).to(full.dtype)
+        first = None
+        if c.shape[1]:
+            M = next(Ms).to(full.dtype)
+            if r is not None:
+                M, first = M[:-1], M[-1]
+            full[m] = M
         out.append(full)
-    return out, plan
+        firsts.append(first)
+    return out, firsts, plan
 
 
 def explain_one(job: PairJob, text_a: str, text_b: str, cache: Optional[GCache] = None):

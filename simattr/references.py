@@ -15,7 +15,7 @@ def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
     the final special token, so both sequences keep their special tokens in place."""
     if not text.strip():
         raise SimattrError("reference text is empty")
-    ids = encoder.tokenizer(text, truncation=False, verbose=False)["input_ids"]
+    ids = encoder.tokenizer((encoder.prompt or "") + text, truncation=False, verbose=False)["input_ids"]
     special = set(encoder.tokenizer.all_special_ids) - {getattr(encoder.tokenizer, "unk_token_id", None)}
     if all(i in special for i in ids):
         raise SimattrError(f"reference text {text[:40]!r} has no token: the tokenizer makes only special tokens of "
@@ -32,7 +32,8 @@ def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
 
 
 def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor = None) -> Tensor:
-    """Reference hidden states [1, S, H].
+    """Reference hidden states [1, S, H]; a prompt held as context (`Tokens.held`) keeps its input states in every
+    reference, so the path leaves it where it is and none of the similarity is given to it.
 
     spec: None or "pad" (non-special tokens replaced by the pad token, through the embedding module and the
     blocks below `layer`), "zero" (the zero vector), any other string (a reference text, fitted to the input's
@@ -41,6 +42,16 @@ def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor
     """
     if x is None:
         x = encoder.hidden(tokens, layer)
+    r = _reference(encoder, tokens, layer, spec, x)
+    held = tokens.held
+    if any(held):
+        r = r.clone()
+        idx = torch.tensor([k for k, h in enumerate(held) if h], device=r.device)
+        r[:, idx] = x[:, idx].to(r.dtype)
+    return r
+
+
+def _reference(encoder: Encoder, tokens: Tokens, layer: int, spec, x: Tensor) -> Tensor:
     if spec is None or (isinstance(spec, str) and spec == "pad"):
         return encoder.hidden(tokens, layer, input_ids=encoder.pad_ids(tokens))
     if isinstance(spec, str) and spec == "zero":

@@ -38,9 +38,11 @@ def make_units(tokens: Tokens, units="token") -> Units:
 
     units: "token" (every token its own unit, special tokens included), "word" (word pieces merged by the
     tokenizer's word ids; special tokens stay single units), or a list of spans: each span a list of token
-    indices or a (start, stop) pair; tokens not covered by any span form one unit each.
+    indices or a (start, stop) pair; tokens not covered by any span form one unit each. A prompt held as context
+    (`Tokens.held`) is in no unit: the path does not move it, and the result leaves it out.
     """
     S = tokens.length
+    held = tokens.held
     if isinstance(units, str):
         if units == "token":
             groups = [[s] for s in range(S)]
@@ -57,7 +59,8 @@ def make_units(tokens: Tokens, units="token") -> Units:
         else:
             raise SimattrError(f"unknown units {units!r}; choose 'token', 'word' or give a list of spans")
     else:
-        groups = _spans(units, S)
+        groups = _spans(units, S, held)
+    groups = [kept for g in groups if (kept := [s for s in g if not held[s]])]
     m = torch.zeros(len(groups), S)
     for u, g in enumerate(groups):
         m[u, g] = 1.0
@@ -65,7 +68,7 @@ def make_units(tokens: Tokens, units="token") -> Units:
     return Units(matrix=m, labels=labels, groups=groups)
 
 
-def _spans(spans, S):
+def _spans(spans, S, held=None):
     try:
         spans = list(spans)
     except TypeError:
@@ -88,6 +91,10 @@ def _spans(spans, S):
             raise SimattrError(f"span {sp!r} is empty or outside the {S} tokens")
         if used & set(idx):
             raise SimattrError(f"span {sp!r} overlaps another span")
+        if held and any(held[v] for v in idx):
+            where = [k for k, h in enumerate(held) if h]
+            raise SimattrError(f"span {sp!r} holds prompt tokens, which are context here (token positions "
+                               f"{where[0]}..{where[-1]}); pass include_prompt=True to explain the prompt")
         used |= set(idx)
         groups.append(sorted(idx))
     rest = [[s] for s in range(S) if s not in used]

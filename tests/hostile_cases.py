@@ -216,6 +216,19 @@ API = [
     ("Explainer dtype int8", _explainer(dtype="int8"), "error"),
     ("Explainer dtype torch.int64", _explainer(dtype=__import__("torch").int64), "error"),
     ("Explainer max_length 0", _explainer(max_length=0), "error"),
+    # prompts and tasks (docs/models.md)
+    ("Explainer prompt a number", _explainer(prompt=3), "error"),
+    ("Explainer prompt three values", _explainer(prompt=("q: ", "d: ", "x: ")), "error"),
+    ("Explainer prompt_name unknown", _explainer(prompt_name="query"), "error"),
+    ("Explainer prompt and prompt_name", _explainer(prompt="q: ", prompt_name="query"), "error"),
+    ("Explainer task unknown, no Router", _explainer(task="summary"), "error"),
+    ("Explainer include_prompt 'yes'", _explainer(prompt="q: ", include_prompt="yes"), "error"),
+    ("Explainer prompt per side", _explainer(prompt=("query: ", "passage: ")), "ok"),
+    ("Explainer prompt empty", _explainer(prompt=""), "ok"),
+    ("Explainer prompt alone fills the length",
+     _explainer(prompt="word " * 600), "error"),
+    ("span over the prompt", lambda ex, tmp: __import__("simattr").Explainer(prompt="query: ").explain(
+        A, B, units=[(1, 3)], **STEPS), "error"),
     ("Explainer cache_size -1", _explainer(cache_size=-1), "error"),
     ("Explainer pooling nope", _explainer(pooling="nope"), "error"),
     # texts

@@ -267,15 +267,19 @@ def test_prepared_texts_are_bounded(explainer, monkeypatch):
 
 
 def test_cross_passes_only_for_active_units(explainer):
-    """Units without tangent (here [CLS]/[SEP] under the pad reference) have zero G columns: no VJP for them; a
-    known side with no active unit at all gives A = 0 without a pass."""
+    """Units without tangent (here [CLS]/[SEP] under the pad reference) have zero G columns: no VJP for them (one
+    cotangent for the active unit, one for the known side's f(r): the other side's first-order terms); a known
+    side with no active unit at all gives A = 0, its pass only for the first-order terms."""
     e = explainer.explain("dogs", DOCS[0], steps=2)
     cross = [p for p in e.extras["plans"] if p["mode"] == "cross-reverse"]
-    assert len(cross) == 1 and cross[0]["reason"].startswith("cross mode: 1 cotangents")
-    np.testing.assert_allclose(e.matrix, explainer.explain("dogs", DOCS[0], steps=2, mode="forward").matrix,
-                               atol=1e-6)
+    assert len(cross) == 1 and cross[0]["reason"].startswith("cross mode: 2 cotangents")
+    forward = explainer.explain("dogs", DOCS[0], steps=2, mode="forward")
+    np.testing.assert_allclose(e.matrix, forward.matrix, atol=1e-6)
+    for side in ("a", "b"):
+        np.testing.assert_allclose(e.extras["decomposition"][f"first_order_{side}"],
+                                   forward.extras["decomposition"][f"first_order_{side}"], atol=1e-6)
     z = explainer.explain("cats purr", DOCS[0], steps=2, reference=simattr.PerSide("cats purr", "pad"))
-    assert "none" in z.settings["mode"] and not z.matrix.any()
+    assert not z.matrix.any() and z.extras["decomposition"]["first_order_sum_a"] == 0
     assert z.error == pytest.approx(abs(z.terms["s(a,b)"] - z.terms["s(a,r_b)"] - z.terms["s(r_a,b)"]
                                         + z.terms["s(r_a,r_b)"]), abs=1e-12)
 

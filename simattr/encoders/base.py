@@ -29,10 +29,43 @@ class Tokens:
     special: list  # bool per token
     word_ids: list  # word index per token, None for special tokens
     truncated: bool = False
+    prompt_length: int = 0  # the prompt's tokens are positions [0, prompt_length) (sentence-transformers' count)
+    prompt_shown: bool = False  # the prompt's tokens are explained like the text's (include_prompt=True)
+    prompt_text: str = ""  # the prompt put before the text (empty: none)
+    prompt_dropped: int = 0  # prompt tokens taken out of this view (`without_held`)
+    scoring: Optional[list] = None  # a multi-vector model's scored positions (None: not one)
+    expansion: Optional[Tensor] = None  # [1, S] bool: a query's expansion (mask) tokens, added by the model
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
+
+    @property
+    def prompt(self) -> list:
+        """Per token: whether it is one of the prompt's tokens (special tokens are not)."""
+        return [k < self.prompt_length and not s for k, s in enumerate(self.special)]
+
+    @property
+    def held(self) -> list:
+        """Per token: whether it is context held fixed and left out of the result (the prompt, unless shown)."""
+        return [False] * self.length if self.prompt_shown else self.prompt
+
+    def without_held(self) -> "Tokens":
+        """These tokens without the ones held as context (the set-based methods' view: the prompt is not matched)."""
+        held = self.held
+        if not any(held):
+            return self
+        return self.select([k for k, h in enumerate(held) if not h], prompt_dropped=sum(held))
+
+    def select(self, keep: list, prompt_dropped: int = 0) -> "Tokens":
+        """The tokens at positions `keep` (in order) as a Tokens of their own (no prompt positions left)."""
+        idx = torch.tensor(keep, device=self.input_ids.device, dtype=torch.long)
+        pick = lambda t: t[:, idx]
+        return Tokens(text=self.text, input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
+                      extra={k: pick(v) for k, v in self.extra.items()}, tokens=[self.tokens[k] for k in keep],
+                      special=[self.special[k] for k in keep], word_ids=[self.word_ids[k] for k in keep],
+                      truncated=self.truncated, prompt_length=0, prompt_shown=False, prompt_text=self.prompt_text,
+                      prompt_dropped=prompt_dropped)
 
 
 def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
@@ -63,6 +96,12 @@ class BaseEncoder(abc.ABC):
     similarity_fn = "cosine"
     #: Matryoshka: embeddings cut to their first truncate_dim dimensions (sentence-transformers' truncate_dim)
     truncate_dim = None
+    #: text put before every text this tower encodes (sentence-transformers' prompt, e.g. "query: "); None: none
+    prompt = None
+    #: the prompt's tokens are explained like the text's (True) or held as fixed context and left out (False)
+    include_prompt = False
+    #: the model's pooling counts the prompt's tokens (sentence-transformers' Pooling include_prompt)
+    pool_include_prompt = True
 
     def __init__(self, tokenizer, name: str, max_length: int):
         if not callable(tokenizer):
@@ -123,15 +162,21 @@ class BaseEncoder(abc.ABC):
                                f"{text[exc.start]!r} at position {exc.start}: a string decoded from bytes that are "
                                f"not UTF-8?)") from None
         limit = min(max_length or self.max_length, self.max_length)
-        enc = self.tokenizer(text, return_tensors="pt", truncation=False, verbose=False)
+        prompt = self.prompt or ""
+        plen = self.prompt_length(prompt)
+        full = prompt + text
+        enc = self.tokenizer(full, return_tensors="pt", truncation=False, verbose=False)
         ids = enc["input_ids"]
         truncated = False
         if ids.shape[1] > limit:
+            with_prompt = f" (with the prompt's {plen})" if prompt else ""
             if not truncate:
-                raise SimattrError(f"text has {ids.shape[1]} tokens, over the model's maximum of {limit}; "
-                                   f"shorten it or pass truncate=True (--truncate) to cut it")
-            warn(f"text truncated from {ids.shape[1]} to {limit} tokens")
-            enc = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
+                raise SimattrError(f"text has {ids.shape[1]} tokens{with_prompt}, over the model's maximum of "
+                                   f"{limit}; shorten it or pass truncate=True (--truncate) to cut it")
+            if plen >= limit - 1:
+                raise SimattrError(f"the prompt {_clip(prompt)} alone takes {plen} of the model's {limit} tokens")
+            warn(f"text truncated from {ids.shape[1]} to {limit} tokens{with_prompt}")
+            enc = self.tokenizer(full, return_tensors="pt", truncation=True, max_length=limit)
             ids = enc["input_ids"]
             truncated = True
         word_ids = enc.word_ids(0) if hasattr(enc, "word_ids") and getattr(enc, "encodings", None) else None
@@ -139,12 +184,14 @@ class BaseEncoder(abc.ABC):
         unk = getattr(self.tokenizer, "unk_token_id", None)
         special_ids = set(self.tokenizer.all_special_ids) - {unk}  # [UNK] stands for text: it is explained
         special = [i in special_ids for i in id_list]
-        if all(special):
+        if all(s or k < plen for k, s in enumerate(special)):
+            if prompt and not all(special):
+                raise SimattrError(f"text {_clip(text)} has no token of its own after the prompt {_clip(prompt)}")
             raise SimattrError(f"text {_clip(text)} has no token to explain: the tokenizer makes only "
                                f"{' '.join(self.tokenizer.convert_ids_to_tokens(id_list))} of it (control or "
                                f"zero-width characters?)")
         if unk is not None and unk in id_list:
-            words = _unknown_words(text, enc, id_list, unk)
+            words = _unknown_words(full, enc, id_list, unk)
             warn(f"text {_clip(text)}: {id_list.count(unk)} token(s) unknown to the tokenizer "
                  f"({', '.join(map(repr, words)) or 'some characters'} -> {self.tokenizer.unk_token}); "
                  f"their attributions are those of {self.tokenizer.unk_token}'s embedding")
@@ -157,14 +204,30 @@ class BaseEncoder(abc.ABC):
             extra["token_type_ids"] = enc["token_type_ids"].to(self.device)
         return Tokens(text=text, input_ids=ids.to(self.device), attention_mask=enc["attention_mask"].to(self.device),
                       extra=extra, tokens=self.tokenizer.convert_ids_to_tokens(id_list), special=special,
-                      word_ids=list(word_ids), truncated=truncated)
+                      word_ids=list(word_ids), truncated=truncated, prompt_length=plen,
+                      prompt_shown=bool(self.include_prompt), prompt_text=prompt)
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of `prompt` at the start of prompt + text, as sentence-transformers counts them: the prompt
+        tokenized alone, less a final special token ([SEP], </s>)."""
+        if not prompt:
+            return 0
+        cache = self.__dict__.setdefault("_prompt_lengths", {})
+        if prompt not in cache:
+            ids = self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
+            n = len(ids)
+            if ids and ids[-1] in set(self.tokenizer.all_special_ids):
+                n -= 1
+            cache[prompt] = n
+        return cache[prompt]
 
     def pad_ids(self, tokens: Tokens) -> Tensor:
-        """Same sequence with every non-special token replaced by the pad token."""
+        """Same sequence with every token of the text replaced by the pad token (special tokens, and a prompt held
+        as context, stay)."""
         pad = self.tokenizer.pad_token_id
         if pad is None:
             raise SimattrError("the tokenizer has no pad token; pass another reference (reference='zero' or a text)")
-        special = torch.tensor(tokens.special, device=tokens.input_ids.device)
+        special = torch.tensor([s or h for s, h in zip(tokens.special, tokens.held)], device=tokens.input_ids.device)
         return torch.where(special, tokens.input_ids[0], torch.full_like(tokens.input_ids[0], pad)).unsqueeze(0)
 
     def check_layer(self, layer):
@@ -172,6 +235,22 @@ class BaseEncoder(abc.ABC):
             raise SimattrError(f"layer must be an integer in [0, {self.num_layers - 1}] for this "
                                f"{self.num_layers}-block model, got {layer!r}")
 
+
+
+def prompt_extras(tokens_a: Tokens, tokens_b: Tokens, groups_a=None, groups_b=None) -> dict:
+    """{"prompt": {"a": ..., "b": ...}} for an Explanation's extras when a side has a prompt ({} otherwise): its
+    text, its token count, whether it is shown, and if so which units (rows / columns) are the prompt's."""
+    def one(t: Tokens, groups):
+        if not t.prompt_text:
+            return None
+        flags = t.prompt
+        info = {"text": t.prompt_text, "tokens": t.prompt_dropped or sum(flags), "shown": t.prompt_shown}
+        if t.prompt_shown:
+            groups = groups if groups is not None else [[k] for k in range(t.length)]
+            info["units"] = [u for u, g in enumerate(groups) if any(flags[s] for s in g)]
+        return info
+    a, b = one(tokens_a, groups_a), one(tokens_b, groups_b)
+    return {"prompt": {"a": a, "b": b}} if a or b else {}
 
 
 @contextlib.contextmanager

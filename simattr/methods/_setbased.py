@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..align import postprocess
 from ..embed import TokenBatch, token_embeddings
+from ..encoders import prompt_extras
 from ..errors import SimattrError, check_finite
 
 PUNCTUATION = frozenset(string.punctuation) | frozenset("“”‘’«»–—…")
@@ -83,7 +84,9 @@ def explain_pairs(enc_a, enc_b, texts_a, texts_b, *, layer, truncate, batch_size
     seconds = (time.perf_counter() - t0) / sides.n
     out = []
     for k in range(sides.n):
-        ex = pair(state, sides, k, sides.A.tokens[sides.ia(k)], sides.B.tokens[sides.ib(k)], seconds)
+        ta, tb = sides.A.tokens[sides.ia(k)], sides.B.tokens[sides.ib(k)]
+        ex = pair(state, sides, k, ta, tb, seconds)
+        ex.extras.update(prompt_extras(ta, tb))
         check_finite(ex.matrix, f"the {ex.method} matrix of pair {k}")
         check_finite(ex.score, f"the {ex.method} score of pair {k}")
         out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import engine, jobs, rules
-from ..encoders import CallableEncoder, Encoder, Tokens, prepared
+from ..encoders import CallableEncoder, Encoder, Tokens, prepared, prompt_extras
 from ..errors import SimattrError, check_finite, warn
 from ..explanation import Explanation
 from ..options import Option, Options, one_of
@@ -102,6 +102,16 @@ def choose_attention(encoder: Encoder, attention: str, rule: str) -> str:
 def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) -> Callable[[Tensor], Tensor]:
     """f̃: x -> embedding under the rules active around the call; for cosine, divided by the detached norm."""
     f = encoder.function(tokens, layer, normalize=False, own_norm=False)
+    if getattr(encoder, "multi_vector", False):
+        if not encoder.normalizes:
+            return f
+        k = len(tokens.scoring)
+
+        def f_tokens(x: Tensor) -> Tensor:  # each token vector over its own norm, held constant
+            e = f(x)
+            v = e.reshape(e.shape[0], k, -1)
+            return (v / v.norm(dim=-1, keepdim=True).detach().clamp_min(1e-12)).flatten(1)
+        return f_tokens
     if sim == "dot" and not encoder.normalized:
         return f
     if sim == "dot" and getattr(encoder, "truncate_dim", None):
@@ -196,10 +206,12 @@ class BiLRPJob(PathJob):
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(len(side.units), side.tokens.length)
 
-    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
+    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float,
+                    first=(None, None)) -> Explanation:
         total = float(A.sum())
-        decomposed = float(a.fmod.double() @ b.fmod.double())
-        score = float(a.fx.double() @ b.fx.double())
+        form = self.form(a, b)
+        decomposed = form.dot(a.fmod, b.fmod)
+        score = form.dot(a.fx, b.fx)
         residual = [None if G is None else
                     float((G.sum(1).double() - s.fmod.double()).norm() / s.fmod.double().norm().clamp_min(1e-30))
                     for G, s in ((G_a, a), (G_b, b))]
@@ -215,7 +227,14 @@ class BiLRPJob(PathJob):
                   # the part of f̃(a)·f̃(b) that A does not carry (absorbed by the biases): absolute and as a share
                   "bias_term": decomposed - total,
                   "bias_share": 1 - conservation if conservation is not None else None,
-                  "sim": self.sim, "residual_per_side": residual, "plans": plans, "seconds": seconds}
+                  "sim": self.sim, "residual_per_side": residual, "plans": plans, "seconds": seconds,
+                  **({"late_interaction": form.as_dict()} if self.late else {}),
+                  # the score in the terms of IJ's decomposition: no reference (baseline and first-order terms 0),
+                  # the interactions, and what the biases hold (and the rules' rounding: score − f̃(a)·f̃(b))
+                  "decomposition": {"score": score, "baseline": 0.0, "first_order_sum_a": 0.0,
+                                    "first_order_sum_b": 0.0, "interactions": total, "bias": decomposed - total,
+                                    "rounding": score - decomposed, "sum": score, "error": 0.0},
+                  **prompt_extras(a.tokens, b.tokens, a.units.groups, b.units.groups)}
         scale = float(a.fmod.double().norm() * b.fmod.double().norm())
         warn_conservation(conservation, total, self.bias, decomposed, scale)
         return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels,

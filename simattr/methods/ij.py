@@ -16,14 +16,14 @@ from torch import Tensor
 
 from .. import engine, jobs
 from .. import quadrature as quad
-from ..encoders import Encoder, Tokens, prepared
+from ..encoders import Encoder, Tokens, prepared, prompt_extras
 from ..errors import SimattrError, check_finite, warn
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, PerSide, boolean, integer, one_of, positive_number
 from ..options import side as side_value
 from ..options import steps as steps_option
 from .common_options import path_options
-from .path import Path, PathJob
+from .path import DotForm, Path, PathJob
 from ..references import reference as make_reference
 from ..units import Units, make_units
 
@@ -63,9 +63,10 @@ def prepare_side(encoder: Encoder, text: str, layer: int, ref, units, normalize:
     return Side(encoder, tokens, x, r, f, make_units(tokens, units), both[0], both[1])
 
 
-def similarity_terms(a: Side, b: Side, exact: bool):
-    """The four terms of the completeness identity (for f′ = f − f(r) when exact) and their combination."""
-    dot = lambda u, v: float((u.double() * v.double()).sum())
+def similarity_terms(a: Side, b: Side, exact: bool, form=None):
+    """The four terms of the completeness identity (for f′ = f − f(r) when exact) and their combination; `form`
+    the pair's bilinear form (`path.DotForm` by default; `path.MaxSimForm` for late interaction)."""
+    dot = (form or DotForm()).dot
     if exact:
         fa, fra = a.fx - a.fr, torch.zeros_like(a.fr)
         fb, frb = b.fx - b.fr, torch.zeros_like(b.fr)
@@ -76,13 +77,28 @@ def similarity_terms(a: Side, b: Side, exact: bool):
     return terms, target
 
 
-def predicted_error(ea: Tensor, eb: Tensor, da: Tensor, db: Tensor) -> float:
-    """|Σ A − Δf_a·Δf_b| when Σ_u G_a[:, u] = Δf_a + e_a (and likewise b)."""
-    ea, eb, da, db = (t.double() for t in (ea, eb, da, db))
-    return float(abs(ea @ db + da @ eb + ea @ eb))
+def decomposition(score: float, baseline: float, first, interactions: float) -> dict:
+    """The score itself decomposed: s(a, b) = s(r_a, r_b) + Σ_u m_a[u] + Σ_v m_b[v] + Σ A, with m_a = G_aᵀ f(r_b)
+    and m_b = G_bᵀ f(r_a) (f(a) = f(r_a) + Σ_u G_a[:, u] up to quadrature, and the product expanded); exact up to
+    the quadrature error, reported as `error`."""
+    m_a, m_b = first
+    if m_a is None or m_b is None:
+        return None
+    sa, sb = float(m_a.sum()), float(m_b.sum())
+    total = baseline + sa + sb + interactions
+    return {"score": score, "baseline": baseline, "first_order_a": m_a.double().cpu().tolist(),
+            "first_order_b": m_b.double().cpu().tolist(), "first_order_sum_a": sa, "first_order_sum_b": sb,
+            "interactions": interactions, "sum": total, "error": abs(score - total)}
 
 
-def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedule=quad.AUTO_SCHEDULE):
+def predicted_error(ea: Tensor, eb: Tensor, da: Tensor, db: Tensor, form=None) -> float:
+    """|Σ A − Δf_a·Δf_b| when Σ_u G_a[:, u] = Δf_a + e_a (and likewise b), under the pair's bilinear form."""
+    dot = (form or DotForm()).dot
+    return float(abs(dot(ea, db) + dot(da, eb) + dot(ea, eb)))
+
+
+def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedule=quad.AUTO_SCHEDULE,
+                 forms: dict = None):
     """Smallest step count of the schedule whose completeness error is under `tol` for every pair; the last one if
     none is. The error is measured exactly with one full-tangent JVP per node and text (against f(x) − f(r)), each
     text once however many pairs it is in. History: the largest error over the pairs at each count tried."""
@@ -95,7 +111,8 @@ def choose_steps(sides, pairs: list, rule: str, tol: float, budget: int, schedul
             g = engine.full_tangent_integral(s.f, s.r, s.delta, al, w, s.shape, budget)
             d = (s.fx - s.fr).to(g.dtype)
             err[t] = (g - d, d)
-        worst = max(predicted_error(err[i][0], err[j][0], err[i][1], err[j][1]) for i, j in pairs)
+        worst = max(predicted_error(err[i][0], err[j][0], err[i][1], err[j][1], (forms or {}).get((i, j)))
+                    for i, j in pairs)
         history.append({"steps": n, "error": worst})
         if worst <= tol:
             break
@@ -269,12 +286,18 @@ class IJJob(PathJob):
             norms = {t: float((sides[t].fx - sides[t].fr).double().norm()) for pair in pair_ids for t in pair}
             partners = {}
             for i, j in pair_ids:
+                if self.late:  # |e_aᵀ M Δ_b|, |Δ_aᵀ M e_b| ≤ 2·scale·K_a·‖e‖ for unit token vectors (K_a query tokens)
+                    k = len(sides[i].tokens.scoring)
+                    bound = 2.0 * (1.0 if self.sim == "maxsim" else 1.0 / k) * k
+                    partners.setdefault(i, []).append(bound)
+                    partners.setdefault(j, []).append(bound)
+                    continue
                 partners.setdefault(i, []).append(norms[j])
                 partners.setdefault(j, []).append(norms[i])
             for t, other in partners.items():
                 s = sides[t]
                 if s.key not in self.node_sets:
-                    target = text_tolerance(self.tol, self.sim, other)
+                    target = text_tolerance(self.tol, "dot" if self.late else self.sim, other)
                     # the whole budget in float32 first: an error that falls slowly may still get there (MPNet
                     # layer 4: 406 nodes), and probes cost 1/units of the passes a float64 re-run would add
                     rule = adaptive_rule(s, target, self.max_steps, self.budget)
@@ -284,7 +307,8 @@ class IJJob(PathJob):
             return
         steps = self.steps
         if steps == "auto":
-            steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget)
+            forms = {(i, j): self.form(sides[i], sides[j]) for i, j in pair_ids} if self.late else None
+            steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget, forms=forms)
         self.n_steps = int(steps)
         self.alphas, self.weights = quad.nodes(self.rule, self.n_steps)
 
@@ -329,10 +353,15 @@ class IJJob(PathJob):
     def pass_side(self, side: Side) -> Side:
         return self.wide.get(side.key, side)
 
-    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float) -> Explanation:
-        score = float((a.fx.double() * b.fx.double()).sum())
+    def reference_embedding(self, side: Side) -> Tensor:
+        return self.wide.get(side.key, side).fr  # the f the G integrates (a float64 re-run's)
+
+    def explanation(self, a: Side, b: Side, A: Tensor, G_a, G_b, plans: list, seconds: float,
+                    first=(None, None)) -> Explanation:
+        form = self.form(a, b)
+        score = form.dot(a.fx, b.fx)
         wa, wb = self.wide.get(a.key, a), self.wide.get(b.key, b)  # a G from a float64 re-run integrates its f
-        terms, target = similarity_terms(wa, wb, self.exact)
+        terms, target = similarity_terms(wa, wb, self.exact, form)
         total = float(A.sum())
         completeness = [None if G is None else float((G.sum(1).double() - (s.fx - s.fr).double()).norm())
                         for G, s in ((G_a, wa), (G_b, wb))]
@@ -374,7 +403,10 @@ class IJJob(PathJob):
         extras = {"relative_error": relative, "steps_used": steps_used, "converged": converged,
                   "warnings": notes or None, "completeness_per_side": completeness,
                   "nodes_per_side": [self.node_sets[s.key][2] for s in (a, b)] if adaptive else None,
-                  "plans": plans, "steps_history": self.history, "seconds": seconds}
+                  "plans": plans, "steps_history": self.history, "seconds": seconds,
+                  "late_interaction": form.as_dict() if self.late else None,
+                  "decomposition": decomposition(score, form.dot(wa.fr, wb.fr), first, total),
+                  **prompt_extras(a.tokens, b.tokens, a.units.groups, b.units.groups)}
         extras = {k: v for k, v in extras.items() if v is not None}
         return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
                            score=score, terms=terms, error=error, settings=settings, extras=extras)

@@ -27,9 +27,23 @@ from ..options import side as side_value
 PRODUCT_SIMILARITIES = {"cosine": "cosine", "dot": "dot", "dot_product": "dot", "cos_sim": "cosine"}
 
 
+#: late-interaction similarities: Σ_i max_j q_i·d_j over the query's and the document's token vectors (mean:
+#: divided by the query's token count), decomposed by `MaxSimForm`
+LATE_INTERACTION = ("maxsim", "meanmaxsim")
+
+
 def model_similarity(enc_a, enc_b) -> str:
-    """sim="auto": the towers' own similarity function, if it is cosine or dot; a SimattrError for a distance."""
+    """sim="auto": the towers' own similarity function, if it is cosine or dot (or MaxSim, for multi-vector
+    towers); a SimattrError for a distance."""
+    multi = [bool(getattr(e, "multi_vector", False)) for e in (enc_a, enc_b)]
+    if any(multi) and not all(multi):
+        raise SimattrError("one tower is a multi-vector (late-interaction) model and the other is not")
     fns = {getattr(enc_a, "similarity_fn", "cosine"), getattr(enc_b, "similarity_fn", "cosine")}
+    if all(multi):
+        fn = fns.pop() if len(fns) == 1 else None
+        if fn not in LATE_INTERACTION:
+            raise SimattrError(f"a multi-vector model scores by maxsim or meanmaxsim, not {fn}")
+        return fn
     if len(fns) > 1:
         raise SimattrError(f"the two towers score by different similarity functions ({', '.join(sorted(fns))}); "
                            f"pass sim='cosine' or sim='dot'")
@@ -39,6 +53,58 @@ def model_similarity(enc_a, enc_b) -> str:
                            f"IJ and BiLRP decompose cosine or dot similarity; pass sim='cosine' or sim='dot' to "
                            f"explain one of those instead")
     return PRODUCT_SIMILARITIES[fn]
+
+
+class DotForm:
+    """s(a, b) = f(a)·f(b): the cosine / dot similarity of two embeddings, A = G_aᵀ G_b."""
+
+    def dot(self, u: Tensor, v: Tensor) -> float:
+        return float((u.double() * v.double()).sum())
+
+    def combine(self, G_a: Tensor, G_b: Tensor) -> Tensor:
+        return G_a.T.double() @ G_b.double()
+
+    def first_order_a(self, G_a: Tensor, fr_b: Tensor) -> Tensor:
+        """m_a[u] = G_a[:, u]·f(r_b): what unit u of a adds against b's reference."""
+        return G_a.T.double() @ fr_b.double()
+
+    def first_order_b(self, fr_a: Tensor, G_b: Tensor) -> Tensor:
+        return G_b.T.double() @ fr_a.double()
+
+
+class MaxSimForm:
+    """Late interaction with the argmax fixed at the input: s(a, b) = Σ_i q_i·d_π(i), π(i) = argmax_j q_i·d_j of
+    the input's token vectors, a bilinear form of the two towers' flattened vectors [K_a·dim], [K_b·dim]; with π
+    held, A[u, v] = Σ_i Σ_k G_a[(i, k), u] G_b[(π(i), k), v] (meanmaxsim: divided by K_a) and Σ A completes to
+    s_π(a, b) − s_π(a, r_b) − s_π(r_a, b) + s_π(r_a, r_b), s_π(a, b) being the MaxSim score itself."""
+
+    def __init__(self, fa: Tensor, fb: Tensor, k_a: int, k_b: int, mean: bool):
+        self.k_a, self.k_b = k_a, k_b
+        self.dim = fa.shape[-1] // k_a
+        q, d = fa.double().reshape(k_a, self.dim), fb.double().reshape(k_b, self.dim)
+        self.match = (q @ d.T).argmax(1)
+        self.scale = 1.0 / k_a if mean else 1.0
+
+    def dot(self, u: Tensor, v: Tensor) -> float:
+        q, d = u.double().reshape(self.k_a, self.dim), v.double().reshape(self.k_b, self.dim)
+        return float(self.scale * (q * d[self.match]).sum())
+
+    def combine(self, G_a: Tensor, G_b: Tensor) -> Tensor:
+        ga = G_a.double().reshape(self.k_a, self.dim, -1)
+        gb = G_b.double().reshape(self.k_b, self.dim, -1)[self.match]
+        return self.scale * torch.einsum("kdu,kdv->uv", ga, gb)
+
+    def first_order_a(self, G_a: Tensor, fr_b: Tensor) -> Tensor:
+        ga = G_a.double().reshape(self.k_a, self.dim, -1)
+        return self.scale * torch.einsum("kdu,kd->u", ga, fr_b.double().reshape(self.k_b, self.dim)[self.match])
+
+    def first_order_b(self, fr_a: Tensor, G_b: Tensor) -> Tensor:
+        gb = G_b.double().reshape(self.k_b, self.dim, -1)[self.match]
+        return self.scale * torch.einsum("kd,kdv->v", fr_a.double().reshape(self.k_a, self.dim), gb)
+
+    def as_dict(self) -> dict:
+        return {"match": self.match.tolist(), "query_tokens": self.k_a, "document_tokens": self.k_b,
+                "dim": self.dim}
 
 
 @dataclass
@@ -61,12 +127,25 @@ class PathJob(abc.ABC):
     per_side = ("units",)  # options that may differ between the towers
 
     def __init__(self, enc_a, enc_b, options: dict):
+        for enc in (enc_a, enc_b):
+            if getattr(enc, "no_gradients", None):
+                raise SimattrError(enc.no_gradients)
         o = self.options = self.table.resolve(options)
         self.encoders = (enc_a, enc_b)
         self.units = (side_value(o.units, 0), side_value(o.units, 1))
         self.units_option = o.units
         self.layer, self.mode, self.truncate = o.layer, o.mode, o.truncate
+        if self.mode == "auto" and any(getattr(e, "multi_vector", False) for e in (enc_a, enc_b)):
+            self.mode = "forward"  # K·dim outputs: one JVP per unit, and no cross passes (MaxSimForm needs both G's)
         self.sim = model_similarity(enc_a, enc_b) if o.sim == "auto" else o.sim
+        self.late = self.sim in LATE_INTERACTION
+        if self.late and o.sim != "auto":
+            raise SimattrError("a multi-vector model scores by MaxSim: leave sim='auto'")
+        if any(getattr(e, "multi_vector", False) for e in (enc_a, enc_b)) and not self.late:
+            raise SimattrError(f"a multi-vector model scores by MaxSim, not {o.sim}: leave sim='auto'")
+        if self.late and o.mode == "cross":
+            raise SimattrError("mode='cross' passes one text's G through the other's plain dot product; a "
+                               "late-interaction score needs both G's (mode 'forward', 'reverse' or 'auto')")
         self.budget = engine.parse_memory(o.max_memory)
         self.budget_given = self.budget is not None
         self.batch_size, self.contraction = o.internal_batch_size, o.contraction
@@ -87,11 +166,12 @@ class PathJob(abc.ABC):
 
     # ------------------------------------------------------------------ shared hooks
     def embedding_size(self, embedding: Tensor) -> int:
-        """D of a text's embedding: the job's out_dim, set by its first text; every text (both towers) must match."""
+        """D of a text's embedding: the job's out_dim, set by its first text; every text (both towers) must match
+        (a multi-vector model's K·dim differs per text: the job's out_dim is then its first text's, for planning)."""
         D = embedding.shape[-1]
         if self.out_dim is None:
             self.out_dim = D
-        elif D != self.out_dim:
+        elif D != self.out_dim and not self.late:
             raise SimattrError(f"the two towers give embeddings of different sizes {self.out_dim} and {D}")
         return D
 
@@ -106,6 +186,33 @@ class PathJob(abc.ABC):
         """What a text's G depends on that `begin` chose for it (default: nothing)."""
         return None
 
+    def form(self, a, b):
+        """The bilinear form the pair's score is (`DotForm`, or `MaxSimForm` from the input's token vectors)."""
+        if not self.late:
+            return DotForm()
+        return MaxSimForm(a.fx, b.fx, len(a.tokens.scoring), len(b.tokens.scoring), self.sim == "meanmaxsim")
+
+    def combine(self, a, b, G_a: Tensor, G_b: Tensor) -> Tensor:
+        """A [U_a, U_b] of a pair from its two G's."""
+        return self.form(a, b).combine(G_a, G_b)
+
+    def reference_embedding(self, side) -> Optional[Tensor]:
+        """f(r) of a text, the partner's first-order terms are taken against (None: the method has no reference,
+        its first-order terms are zero)."""
+        return None
+
+    def first_order(self, a, b, G_a, G_b, known: dict) -> tuple:
+        """(m_a, m_b) of a pair: m_a = G_aᵀ f(r_b), m_b = G_bᵀ f(r_a) under the pair's form, so that
+        s(a, b) = s(r_a, r_b) + Σ m_a + Σ m_b + Σ A; `known` holds one already made by a cross run ("a" / "b");
+        (None, None) for a method without a reference."""
+        fr_a, fr_b = self.reference_embedding(a), self.reference_embedding(b)
+        if fr_a is None or fr_b is None:
+            return None, None
+        form = self.form(a, b)
+        m_a = known.get("a") if G_a is None else form.first_order_a(G_a, fr_b)
+        m_b = known.get("b") if G_b is None else form.first_order_b(fr_a, G_b)
+        return m_a, m_b
+
     def begin(self, sides, pair_ids: list):
         self.budget = self.budget or engine.default_budget(sides[pair_ids[0][0]].x.device)
 
@@ -119,7 +226,7 @@ class PathJob(abc.ABC):
                         budget_given=self.budget_given)
         with self.around():
             G = engine.path_attribution(path.f, path.start, path.delta, path.alphas, path.weights,
-                                        side.units.matrix, self.out_dim, p, tangent=path.tangent)
+                                        side.units.matrix, side.shape.out_dim, p, tangent=path.tangent)
         return G, p.as_dict()
 
     def cross(self, Gs: list, other):
@@ -132,7 +239,8 @@ class PathJob(abc.ABC):
         p = engine.plan(D + 1, len(path.alphas), other.shape, mode="reverse", budget=self.budget,
                         batch_size=self.batch_size, device=other.x.device, contraction=self.contraction,
                         budget_given=self.budget_given)
-        p.reason = f"cross mode: {cot.shape[0]} cotangents (the other side's G columns) instead of {D}"
+        p.reason = (f"cross mode: {cot.shape[0]} cotangents (the other side's G columns, and its f(r) for the "
+                    f"first-order terms) instead of {D}")
         with self.around():
             M = engine.path_attribution(path.f, path.start, path.delta, path.alphas, path.weights,
                                         other.units.matrix, D, p, tangent=path.tangent, cotangents=cot)
