@@ -52,9 +52,8 @@ class Explainer:
                   truncate_dim=truncate_dim)
         base_a = load_encoder(model, **kw)
         base_b = base_a if model_b is None else load_encoder(model_b, **kw)
-        tasks = _per_side(task, "task")
-        if task is None and base_b is base_a and _routed(base_a):
-            tasks = ("query", "document")  # a Router's two towers
+        tasks = tuple(t if t is not None or not _routed(base) else default  # a Router's / multi-vector towers
+                      for t, base, default in zip(_per_side(task, "task"), (base_a, base_b), ("query", "document")))
         prompts, names = _per_side(prompt, "prompt"), _per_side(prompt_name, "prompt_name")
         self.encoder_a: Encoder = side_encoder(base_a, tasks[0], prompts[0], names[0], include_prompt)
         if base_b is base_a and (tasks[0], prompts[0], names[0]) == (tasks[1], prompts[1], names[1]):
@@ -157,6 +156,25 @@ class Explainer:
             nb = len(as_list(b, "b"))
             out = [out[k:k + nb] for k in range(0, len(out), nb)]
         return out
+
+    def rank(self, query: str, documents, top_k: int = 10, explain: bool = True, method: str = None, **options):
+        """`documents` ranked by the model's similarity to `query`, the top `top_k` explained in one job (the
+        query's G made once): a `simattr.ranking.Ranking`."""
+        from .ranking import rank
+        method = self.defaults.get("method", "ij") if method is None else method
+        return rank(self, query, documents, top_k=top_k, explain=explain, method=method, **options)
+
+    def contrast(self, query: str, doc_1: str, doc_2: str, method: str = None, **options) -> Explanation:
+        """Why `doc_1` and not `doc_2` for `query`: s(q, d1) − s(q, d2) as one Explanation (`simattr.ranking`)."""
+        from .ranking import contrast
+        method = self.defaults.get("method", "ij") if method is None else method
+        return contrast(self, query, doc_1, doc_2, method=method, **options)
+
+    def compare(self, a: str, b: str, methods=None, faithfulness: bool = True, **options):
+        """(a, b) explained by several methods (default ij, bilrp, maxsim, ot): matrices, rank correlations and
+        faithfulness by occlusion side by side (`simattr.compare.Comparison`)."""
+        from .compare import DEFAULT_METHODS, compare
+        return compare(self, a, b, methods=methods or DEFAULT_METHODS, faithfulness=faithfulness, **options)
 
     def explain_batch(self, batch, method: str = None, *, columns: dict = None, **options):
         """One result row per input row, never raising for a pair (`simattr.batch.explain_batch`): `batch` has

@@ -1,4 +1,5 @@
-"""Command line: `simattr explain A B [...]`, `simattr explain-many PAIRS [...]` and `simattr info`."""
+"""Command line: `simattr explain A B [...]`, `simattr explain-many PAIRS [...]`, `simattr rank QUERY --docs FILE`,
+`simattr contrast QUERY DOC1 DOC2`, `simattr show FILE` and `simattr info`."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--faithfulness", action="store_true",
                    help="also check the matrix against the model by occlusion (simattr.evaluate): correlation with "
                         "pairwise occlusion interactions, deletion areas")
+    e.add_argument("--compare", action="store_true",
+                   help="explain with every method of --method (a comma-separated list, e.g. ij,bilrp,maxsim,ot; "
+                        "default those four): matrices side by side, rank correlations, faithfulness")
     m = sub.add_parser("explain-many", help="explain a dataset of pairs into Parquet parts or JSON lines",
                        description="Pairs from a file — JSON lines, CSV / TSV, Parquet (a file or a folder), a saved "
                                    "Hugging Face datasets folder; '-': JSON lines on standard input — or from "
@@ -63,13 +67,48 @@ def _parser() -> argparse.ArgumentParser:
                                     "a .parquet file or a folder of parts).")
     sh.add_argument("file")
     sh.add_argument("--id", default=None, help="the row's id (default: the only row, or the first)")
-    sh.add_argument("--top", type=int, default=10, help="strongest interactions to print")
-    sh.add_argument("--html", default=None, metavar="FILE", help="write an HTML heatmap")
-    sh.add_argument("--png", default=None, metavar="FILE", help="write a PNG (or .svg / .pdf) heatmap")
+    _add_pictures(sh)
+    r = sub.add_parser("rank", help="rank documents by the model's similarity to a query, explain the top K",
+                       description="Documents (one per line of --docs) ranked by the model's similarity to QUERY "
+                                   "(its own similarity function, no pass); with --explain the top K are explained "
+                                   "in one job, the query's G made once.")
+    r.add_argument("query")
+    r.add_argument("--docs", required=True, metavar="FILE", help="the documents, one per line")
+    r.add_argument("--top-k", type=int, default=10, help="how many to print and explain (default 10)")
+    r.add_argument("--explain", action="store_true", help="explain the top K with --method")
+    r.add_argument("--json", action="store_true", help="print the ranking (and explanations) as JSON")
+    _add_options(r)
+    c = sub.add_parser("contrast", help="why document 1 and not document 2: s(q, d1) - s(q, d2) explained",
+                       description="One explanation of s(QUERY, DOC1) - s(QUERY, DOC2): the query's tokens against "
+                                   "document 1's (columns 1:...) and document 2's (2:..., sign turned), with the "
+                                   "difference decomposed (docs/beyond.md).")
+    c.add_argument("query")
+    c.add_argument("doc_1")
+    c.add_argument("doc_2")
+    _add_pictures(c)
+    c.add_argument("--json", action="store_true")
+    _add_options(c)
+    rp = sub.add_parser("report", help="corpus-level evidence over a job's results (word pairs, word classes, "
+                                        "errors, faithfulness)",
+                        description="Over the rows of an explain-many output (.jsonl, .parquet, a folder of parts): "
+                                    "the word pairs and words that contribute most, word classes (--class), the "
+                                    "error distribution and the least faithful pairs; an HTML page with -o.")
+    rp.add_argument("results")
+    rp.add_argument("--output", "-o", default=None, metavar="FILE", help="write the report as HTML (plots embedded)")
+    rp.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME=WORD,WORD",
+                    help="a word class, e.g. negation=not,no,never (repeatable)")
+    rp.add_argument("--top", type=int, default=10, help="rows of each table to print")
+    rp.add_argument("--json", action="store_true", help="print every number as JSON")
     sub.add_parser("options", help="every method's options (the reference in docs/options.md, as Markdown)")
     i = sub.add_parser("info", help="which backends are available")
     i.add_argument("--json", action="store_true")
     return p
+
+
+def _add_pictures(p):
+    p.add_argument("--top", type=int, default=10, help="strongest interactions to print")
+    p.add_argument("--html", default=None, metavar="FILE", help="write an HTML heatmap")
+    p.add_argument("--png", default=None, metavar="FILE", help="write a PNG (or .svg / .pdf) heatmap")
 
 
 def _add_options(e):
@@ -80,7 +119,8 @@ def _add_options(e):
     e.add_argument("--model", default=None, help="model directory or name (default: bundled all-MiniLM-L6-v2)")
     e.add_argument("--model-b", default=None, help="a second tower for text B (query/document encoders)")
     e.add_argument("--pooling", default=None, choices=["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"])
-    e.add_argument("--method", default="ij", choices=list(METHODS), help="explanation method (default ij)")
+    e.add_argument("--method", default=None, type=_method_name,
+                   help=f"explanation method: {', '.join(METHODS)} (default ij; with --compare a comma-separated list)")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     e.add_argument("--max-length", type=int, default=None)
@@ -132,12 +172,30 @@ def _read_corpus(path):
     return lines
 
 
+def _method_name(value: str) -> str:
+    """--method: a method's name, or a comma-separated list of them (for --compare)."""
+    from .methods import METHODS
+    names = [v.strip() for v in value.split(",")]
+    bad = [v for v in names if v not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {bad[0] if bad else value!r} (choose from "
+                                         f"{', '.join(METHODS)}, or a comma-separated list with --compare)")
+    return ",".join(names)
+
+
 def _explainer_options(args) -> dict:
     """The method options of the command line, checked against the method's table (before any model loads)."""
     from .api import resolve_options
+    from .compare import DEFAULT_METHODS
     if getattr(args, "top", 0) is not None and getattr(args, "top", 0) < 0:
         raise SimattrError(f"--top must be 0 or more, got {args.top}")
     explicit = _method_options(args, None)
+    if getattr(args, "compare", False):
+        args.method = args.method or ",".join(DEFAULT_METHODS)
+        return explicit  # compare checks each option against the methods it lists
+    args.method = args.method or "ij"
+    if "," in args.method:
+        raise SimattrError(f"--method {args.method}: several methods go with --compare")
     resolve_options(args.method, explicit)
     return explicit
 
@@ -171,6 +229,8 @@ def _side_settings(args) -> dict:
 def _explain(args, argv=None) -> int:
     _check_outputs(args)
     ex, explicit, soft = _explainer(args, argv)
+    if args.compare:
+        return _compare(ex, args, explicit)
     result = ex.explain(args.text_a, args.text_b, method=args.method, soft_options=soft, **explicit)
     check = failed = None
     if args.faithfulness:
@@ -190,6 +250,64 @@ def _explain(args, argv=None) -> int:
             print(check.summary())
     if failed is not None:
         raise failed
+    return 0
+
+
+def _compare(ex, args, explicit) -> int:
+    if args.faithfulness:
+        raise SimattrError("--compare checks every method's faithfulness itself; drop --faithfulness")
+    result = ex.compare(args.text_a, args.text_b, methods=args.method, **explicit)
+    if args.html:
+        result.to_html(args.html)
+    if args.png:
+        result.to_png(args.png)
+    print(json.dumps(result.to_dict()) if args.json else result.format())
+    return 0
+
+
+def _report(args) -> int:
+    from .corpus import report
+    from .results import read_rows
+    if args.top < 0:
+        raise SimattrError(f"--top must be 0 or more, got {args.top}")
+    classes = {}
+    for spec in args.classes:
+        name, sep, words = spec.partition("=")
+        if not sep or not name.strip() or not [w for w in words.split(",") if w.strip()]:
+            raise SimattrError(f"--class takes NAME=WORD,WORD..., got {spec!r}")
+        classes[name.strip()] = [w.strip() for w in words.split(",") if w.strip()]
+    if args.output:
+        _check_outputs(args, (args.results,))
+    rep = report(read_rows(args.results), classes)
+    if args.output:
+        rep.to_html(args.output)
+    print(json.dumps(rep.to_dict(), default=str) if args.json else rep.format(top=args.top))
+    return 0
+
+
+def _rank(args, argv) -> int:
+    from .inputs import read_lines
+    _check_outputs(args, (args.docs,))
+    docs = [d for d in read_lines(args.docs, "--docs") if d.strip()]
+    if not docs:
+        raise SimattrError(f"--docs {args.docs!r} holds no document (one per line)")
+    if args.top_k < 0:
+        raise SimattrError(f"--top-k must be 0 or more, got {args.top_k}")
+    ex, explicit, soft = _explainer(args, argv)
+    ranking = ex.rank(args.query, docs, top_k=args.top_k, explain=args.explain, method=args.method, **explicit)
+    print(json.dumps(ranking.to_dict()) if args.json else ranking.format(k=args.top_k))
+    return 0
+
+
+def _contrast(args, argv) -> int:
+    _check_outputs(args)
+    ex, explicit, soft = _explainer(args, argv)
+    result = ex.contrast(args.query, args.doc_1, args.doc_2, method=args.method, **explicit)
+    if args.html:
+        result.to_html(args.html)
+    if args.png:
+        result.to_png(args.png)
+    print(result.to_json() if args.json else result.format(top=args.top))
     return 0
 
 
@@ -300,31 +418,14 @@ def _stdout_rows(rows: list) -> str:
 
 def _show(args) -> int:
     """simattr show FILE: a saved explanation printed, and drawn with --html / --png."""
-    import os
 
     from .explanation import Explanation
-    from .inputs import read_lines, read_parquet_files
+    from .results import read_rows
     if args.top < 0:
         raise SimattrError(f"--top must be 0 or more, got {args.top}")
     _check_outputs(args, (args.file,))
     path = args.file
-    if os.path.isdir(path) or path.lower().endswith(".parquet"):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet")) \
-            if os.path.isdir(path) else [path]
-        if not files:
-            raise SimattrError(f"{path!r} holds no .parquet files")
-        rows = read_parquet_files(files).to_pylist()
-    else:
-        lines = [ln for ln in read_lines(path) if ln.strip()]
-        try:
-            rows = [json.loads(ln) for ln in lines]  # JSON lines (one line: a JSON explanation)
-        except ValueError:
-            try:
-                rows = [json.loads("\n".join(lines))]  # one JSON object over several lines
-            except ValueError:
-                raise SimattrError(f"{path!r} is neither a JSON explanation nor JSON lines of results") from None
-    if not rows:
-        raise SimattrError(f"{path!r} holds no explanation")
+    rows = read_rows(path)
     if args.id is not None:
         found = [r for r in rows if isinstance(r, dict) and str(r.get("id")) == args.id]
         if not found:
@@ -373,6 +474,8 @@ def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = _parser().parse_args(argv)
+    if hasattr(args, "method") and args.method is None and not getattr(args, "compare", False):
+        args.method = "ij"
     try:
         if args.command == "explain":
             return _explain(args, argv)
@@ -380,6 +483,12 @@ def main(argv=None) -> int:
             return _explain_many(args, argv)
         if args.command == "show":
             return _show(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "rank":
+            return _rank(args, argv)
+        if args.command == "contrast":
+            return _contrast(args, argv)
         if args.command == "options":
             from .methods import OPTIONS
             from .options import markdown

@@ -101,7 +101,7 @@ def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int
 
 def _multi_vectors(encoder, texts, truncate: bool) -> TokenBatch:
     """A multi-vector model's own token vectors (its projection, scoring mask and normalisation: what its encode
-    gives), one row per scored token; layer -1 in the batch marks them."""
+    gives), one row per scored token; layer None in the batch marks them."""
     toks, rows = [], []
     with encoder.prepared():
         for text in texts:
@@ -114,7 +114,7 @@ def _multi_vectors(encoder, texts, truncate: bool) -> TokenBatch:
     mask = torch.zeros(len(toks), S, dtype=torch.bool, device=emb.device)
     for k, t in enumerate(toks):
         mask[k, : t.length] = True
-    return TokenBatch(tokens=toks, embeddings=emb, mask=mask, layer=-1)
+    return TokenBatch(tokens=toks, embeddings=emb, mask=mask, layer=None)
 
 
 def _layer_output(encoder: Encoder, ids: Tensor, mask: Tensor, extra: dict, layer: int) -> Tensor:

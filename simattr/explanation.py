@@ -25,11 +25,31 @@ class Explanation:
     error: Optional[float] = None  # |Σ A − target|
     settings: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)  # method-specific: completeness per side, plans, timings...
+    factors: Optional[dict] = field(default=None, repr=False)  # return_factors=True: {"a": G_a, "b": G_b} [D, U]
 
     @property
     def total(self) -> float:
         """Σ A, the similarity (or similarity difference) the matrix decomposes."""
         return float(self.matrix.sum())
+
+    @property
+    def decomposition(self) -> Optional[dict]:
+        """The score itself decomposed (IJ: s(a,b) = baseline s(r_a,r_b) + Σ first_order_a + Σ first_order_b + Σ A,
+        the first-order terms per token of a and of b; BiLRP: Σ A + the biases' share), or None."""
+        d = self.extras.get("decomposition")
+        return d if isinstance(d, dict) else None
+
+    def decomposition_line(self) -> Optional[str]:
+        """The decomposition as one line of text (None without one)."""
+        d = self.decomposition
+        if d is None:
+            return None
+        if "bias" in d:
+            return (f"score {d['score']:.6f} = interactions sum(A) {d['interactions']:.6f} + biases "
+                    f"{d['bias']:+.6f}" + (f" + rounding {d['rounding']:+.1e}" if d.get("rounding") else ""))
+        return (f"score {d['score']:.6f} = baseline s(r_a,r_b) {d['baseline']:.6f} + first-order a "
+                f"{d['first_order_sum_a']:+.6f} + first-order b {d['first_order_sum_b']:+.6f} + interactions "
+                f"sum(A) {d['interactions']:+.6f}   (off by {d['error']:.1e})")
 
     def top_interactions(self, k: int = 10, by: str = "abs"):
         """The k strongest token pairs as dicts (i, j, token_a, token_b, value), by |value| (or 'value')."""
@@ -145,6 +165,8 @@ class Explanation:
         if isinstance(top, bool) or not hasattr(top, "__index__") or top.__index__() < 0:
             raise SimattrError(f"top must be an integer >= 0, got {top!r}")
         lines = [f"method: {self.method}   score: {self.score:.6f}   sum(A): {self.total:.6f}"]
+        if self.decomposition_line():
+            lines.append(self.decomposition_line())
         if isinstance(self.extras.get("scores"), dict):
             lines.append("scores: " + "  ".join(f"{k}={v:.6f}" for k, v in self.extras["scores"].items()))
         if self.terms:
@@ -163,12 +185,16 @@ class Explanation:
         for note in self.extras.get("warnings") or []:
             lines.append(f"warning: {note}")
         m = self.matrix
+        first = self.first_order()
         if m.shape[0] <= max_tokens and m.shape[1] <= max_tokens:
             w = max(6, min(10, max(len(t) for t in self.tokens_b) + 1))
             head = " " * 12 + "".join(f"{t[:w - 1]:>{w}}" for t in self.tokens_b)
-            lines.append(head)
-            for t, row in zip(self.tokens_a, m):
-                lines.append(f"{t[:11]:>11} " + "".join(f"{v:>{w}.3f}" for v in row))
+            lines.append(head + (f" | {'1st order':>{w}}" if first else ""))
+            for k, (t, row) in enumerate(zip(self.tokens_a, m)):
+                lines.append(f"{t[:11]:>11} " + "".join(f"{v:>{w}.3f}" for v in row)
+                             + (f" | {first[0][k]:>{w}.3f}" if first else ""))
+            if first:
+                lines.append(f"{'1st order':>11} " + "".join(f"{v:>{w}.3f}" for v in first[1]))
         else:
             lines.append(f"matrix: {m.shape[0]} x {m.shape[1]} (use --json for all values)")
         lines.append(f"strongest {min(top, m.size)} interactions (token (position)):")
@@ -176,6 +202,16 @@ class Explanation:
             left, right = f"{it['token_a']} ({it['i']})", f"{it['token_b']} ({it['j']})"
             lines.append(f"  {left:>20} <-> {right:<20} {it['value']:+.5f}")
         return "\n".join(lines)
+
+    def first_order(self):
+        """(first-order terms per unit of a, per unit of b) as arrays, or None (`decomposition`)."""
+        d = self.decomposition
+        if d is None or d.get("first_order_a") is None or d.get("first_order_b") is None:
+            return None
+        fa, fb = np.asarray(d["first_order_a"], float), np.asarray(d["first_order_b"], float)
+        if fa.shape != (self.matrix.shape[0],) or fb.shape != (self.matrix.shape[1],):
+            return None
+        return fa, fb
 
     def __str__(self):
         return self.format()

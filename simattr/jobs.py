@@ -451,7 +451,10 @@ def plan(job: PairJob, sides: "Sides", texts: list, ids: list, cache: Optional[G
         cache_keys = [(tower_keys[tower], text, job.text_cache_key(tower, text)) for tower, text in texts]
         for item, key in zip(items, cache_keys):
             item.cached = key in cache
-    pairs = plan_pairs(items, ids, job.out_dim, job.mode)
+    mode = job.mode
+    if getattr(job, "needs_both", False) and mode in ("auto", "cross"):
+        mode = "forward"  # every G made (each text's own pass mode still chosen per text by engine.plan)
+    pairs = plan_pairs(items, ids, job.out_dim, mode)
     return JobPlan(texts, ids, items, pairs, cache_keys, (time.perf_counter() - t_start) / max(1, len(ids)))
 
 

@@ -301,7 +301,7 @@ def _doc_default(o: Option) -> str:
 def markdown(tables: dict) -> str:
     """The options reference (docs/options.md): one table per method."""
     lines = ["# Options", "",
-             "Generated from the option tables in the code (`python -m simattr.options > docs/options.md`; a test "
+             "Generated from the option tables in the code (`simattr options > docs/options.md`; a test "
              "checks this page is current). Every method's options are validated against its table: an unknown "
              "name, a wrong type or a value outside the choices is a `SimattrError` naming the option. *Per side*: "
              "the option takes `PerSide(a, b)` (a value for each text) or one value for both. *In key*: the option "

@@ -15,12 +15,17 @@ def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
     the final special token, so both sequences keep their special tokens in place."""
     if not text.strip():
         raise SimattrError("reference text is empty")
-    ids = encoder.tokenizer((encoder.prompt or "") + text, truncation=False, verbose=False)["input_ids"]
+    held = encoder.prompt and not encoder.include_prompt  # a prompt held as context is in the reference too
+    ids = encoder.tokenizer((encoder.prompt if held else "") + text, truncation=False, verbose=False)["input_ids"]
     special = set(encoder.tokenizer.all_special_ids) - {getattr(encoder.tokenizer, "unk_token_id", None)}
     if all(i in special for i in ids):
         raise SimattrError(f"reference text {text[:40]!r} has no token: the tokenizer makes only special tokens of "
                            f"it (control or zero-width characters?); use reference='pad' for that")
-    S = tokens.length
+    tail = []
+    if tokens.expansion is not None:  # a query's expansion tokens are the model's: kept after the fitted text
+        n = int(tokens.expansion.sum())
+        tail = tokens.input_ids[0, tokens.length - n:].tolist() if n else []
+    S = tokens.length - len(tail)
     pad = encoder.tokenizer.pad_token_id
     if len(ids) < S:
         if pad is None:
@@ -28,7 +33,7 @@ def _text_ids(encoder: Encoder, text: str, tokens: Tokens) -> Tensor:
         ids = ids[:-1] + [pad] * (S - len(ids)) + ids[-1:]
     elif len(ids) > S:
         ids = ids[:S - 1] + ids[-1:]
-    return torch.tensor([ids], device=tokens.input_ids.device)
+    return torch.tensor([ids + tail], device=tokens.input_ids.device)
 
 
 def reference(encoder: Encoder, tokens: Tokens, layer: int, spec=None, x: Tensor = None) -> Tensor:

@@ -93,3 +93,30 @@ def table_metadata(table) -> dict:
 def from_row(row) -> Explanation:
     """`Explanation.from_row`: an Explanation from one result row."""
     return Explanation.from_row(row)
+
+
+def read_rows(path: str) -> list:
+    """The rows of a saved result: an explain-many output (a .jsonl file, a .parquet file or a folder of parts) or
+    a JSON explanation (one object, possibly over several lines); a SimattrError naming what is wrong otherwise."""
+    import os
+
+    from .errors import SimattrError
+    from .inputs import read_lines, read_parquet_files
+    if os.path.isdir(path) or path.lower().endswith(".parquet"):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet")) \
+            if os.path.isdir(path) else [path]
+        if not files:
+            raise SimattrError(f"{path!r} holds no .parquet files")
+        rows = read_parquet_files(files).to_pylist()
+    else:
+        lines = [ln for ln in read_lines(path) if ln.strip()]
+        try:
+            rows = [json.loads(ln) for ln in lines]  # JSON lines (one line: a JSON explanation)
+        except ValueError:
+            try:
+                rows = [json.loads("\n".join(lines))]  # one JSON object over several lines
+            except ValueError:
+                raise SimattrError(f"{path!r} is neither a JSON explanation nor JSON lines of results") from None
+    if not rows:
+        raise SimattrError(f"{path!r} holds no explanation")
+    return rows

@@ -38,8 +38,9 @@ def make_units(tokens: Tokens, units="token") -> Units:
 
     units: "token" (every token its own unit, special tokens included), "word" (word pieces merged by the
     tokenizer's word ids; special tokens stay single units), or a list of spans: each span a list of token
-    indices or a (start, stop) pair; tokens not covered by any span form one unit each. A prompt held as context
-    (`Tokens.held`) is in no unit: the path does not move it, and the result leaves it out.
+    indices or a (start, stop) pair, indices into the tokens as the result shows them; tokens not covered by any
+    span form one unit each. A prompt held as context (`Tokens.held`) is in no unit: the path does not move it,
+    and the result leaves it out (and span indices do not count it).
     """
     S = tokens.length
     held = tokens.held
@@ -69,6 +70,9 @@ def make_units(tokens: Tokens, units="token") -> Units:
 
 
 def _spans(spans, S, held=None):
+    """Unit groups from spans over the tokens as the result shows them: a prompt held as context is not counted
+    (span positions are indices into the shown tokens, mapped back to the sequence's positions)."""
+    shown = [k for k in range(S) if not (held and held[k])]
     try:
         spans = list(spans)
     except TypeError:
@@ -87,16 +91,15 @@ def _spans(spans, S, held=None):
             idx = members
         if len(set(idx)) != len(idx):
             raise SimattrError(f"span {sp!r} names a token twice")
-        if not idx or any(not 0 <= v < S for v in idx):
-            raise SimattrError(f"span {sp!r} is empty or outside the {S} tokens")
+        n = len(shown)
+        if not idx or any(not 0 <= v < n for v in idx):
+            held_note = f" (a prompt's {S - n} tokens, held as context, are not counted)" if n < S else ""
+            raise SimattrError(f"span {sp!r} is empty or outside the {n} tokens{held_note}")
+        idx = [shown[v] for v in idx]
         if used & set(idx):
             raise SimattrError(f"span {sp!r} overlaps another span")
-        if held and any(held[v] for v in idx):
-            where = [k for k, h in enumerate(held) if h]
-            raise SimattrError(f"span {sp!r} holds prompt tokens, which are context here (token positions "
-                               f"{where[0]}..{where[-1]}); pass include_prompt=True to explain the prompt")
         used |= set(idx)
         groups.append(sorted(idx))
-    rest = [[s] for s in range(S) if s not in used]
+    rest = [[s] for s in shown if s not in used]
     groups = sorted(groups + rest, key=lambda g: g[0])
     return groups

@@ -227,8 +227,10 @@ API = [
     ("Explainer prompt empty", _explainer(prompt=""), "ok"),
     ("Explainer prompt alone fills the length",
      _explainer(prompt="word " * 600), "error"),
-    ("span over the prompt", lambda ex, tmp: __import__("simattr").Explainer(prompt="query: ").explain(
-        A, B, units=[(1, 3)], **STEPS), "error"),
+    ("span past the shown tokens (a held prompt not counted)", lambda ex, tmp: __import__("simattr").Explainer(
+        prompt="query: ").explain(A, B, units=[(8, 10)], **STEPS), "error"),
+    ("span over the shown tokens after a prompt", lambda ex, tmp: __import__("simattr").Explainer(
+        prompt="query: ").explain(A, B, units=[(1, 3)], **STEPS), "ok"),
     ("Explainer cache_size -1", _explainer(cache_size=-1), "error"),
     ("Explainer pooling nope", _explainer(pooling="nope"), "error"),
     # texts

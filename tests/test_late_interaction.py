@@ -145,3 +145,30 @@ def test_a_native_multi_vector_encoder_with_prompts(tmp_path):
         ij = ex.explain(q, d)
         assert ij.score == pytest.approx(want, abs=2e-5) and ij.error < 1e-3
         assert "query" not in ij.tokens_a and ij.extras["prompt"]["a"]["text"] == "query: "  # held as context
+
+
+def test_towers_lengths_and_references_of_a_colbert_model(pylate_dir, colbert):
+    """Per side: a is the query and b the document also with a second model or half a task; a document of exactly
+    the document length; max_length on both towers; a reference text fitted before a query's expansion tokens;
+    a meanmaxsim model's MaxSim is the mean."""
+    q, d = REF["queries"][0], REF["documents"][0]
+    want = REF["colbert_scores"][0]
+    for ex in (simattr.Explainer(str(pylate_dir), str(pylate_dir)), simattr.Explainer(str(pylate_dir),
+                                                                                       task=("query", None))):
+        assert (ex.encoder_a.task, ex.encoder_b.task) == ("query", "document")
+        assert ex.explain(q, d, method="maxsim").score == pytest.approx(want, abs=2e-5)
+    full = " ".join(["cat"] * 61)  # [CLS] [D] + 61 + [SEP] = 64 = document_length
+    assert colbert.explain("cats", full, method="maxsim").matrix.shape[1] == 64
+    short = simattr.Explainer(str(pylate_dir), max_length=8)
+    assert short.encoder_b.max_length == 8
+    with pytest.raises(simattr.SimattrError, match="over the model's document length of 8"):
+        short.explain(q, d, method="maxsim")
+    e = colbert.explain(q, d, steps=2, reference="a dog runs")
+    expansion = [k for k, t in enumerate(e.tokens_a) if t == "[MASK]"]
+    assert expansion and abs(e.matrix[expansion].sum()) < 1e-6  # the expansion tokens stay the model's
+    mve = st_lib.MultiVectorEncoder(str(pylate_dir), device="cpu")
+    mve.similarity_fn_name = "meanmaxsim"
+    mean = simattr.Explainer(mve)
+    ref = float(mve.similarity(mve.encode_query([q]), mve.encode_document([d]))[0, 0])
+    for method in ("maxsim", "bilrp"):
+        assert mean.explain(q, d, method=method).score == pytest.approx(ref, abs=2e-6)

@@ -98,8 +98,11 @@ def test_prompt_name_prompt_text_and_default_prompt_name():
         simattr.Explainer(st, prompt="a: ", prompt_name="q")
     with pytest.raises(simattr.SimattrError, match="no Router"):
         simattr.Explainer(st, task="summary")
-    with pytest.raises(simattr.SimattrError, match="holds prompt tokens"):
-        simattr.Explainer(st, prompt_name="q").explain(Q, D, steps=2, units=[(1, 3)])
+    # spans index the tokens as the result shows them (the held prompt not counted)
+    spanned = simattr.Explainer(st, prompt_name="q").explain(Q, D, method="bilrp", units=[(4, 6)])
+    assert "catssleep" in spanned.tokens_a
+    with pytest.raises(simattr.SimattrError, match="outside the 7 tokens .a prompt's 3 tokens"):
+        simattr.Explainer(st, prompt_name="q").explain(Q, D, steps=2, units=[(6, 9)])
 
 
 def test_pooling_without_the_prompt_is_the_model_s():
@@ -216,3 +219,43 @@ def test_max_seq_length_is_the_model_s():
     e = simattr.Explainer(st).explain(long, D, method="bilrp", truncate=True)  # cut as encode cuts it
     assert len(e.tokens_a) == 8
     assert e.score == pytest.approx(_scores(st, long, D, tasks=False), abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cls", "lasttoken"])
+def test_cls_and_last_token_pooling_without_the_prompt(mode):
+    """Pooling(include_prompt=False) with cls / lasttoken: the first / last position the mask keeps, as
+    sentence-transformers pools them."""
+    st = _st(_transformer(), Pooling(384, pooling_mode=mode, include_prompt=False), Normalize(),
+             prompts={"query": "query: ", "document": "passage: "})
+    want = _scores(st, Q, D)
+    assert simattr.Explainer(st, task=("query", "document")).explain(Q, D, method="bilrp").score == pytest.approx(
+        want, abs=1e-5)
+
+
+def test_a_byte_level_bpe_prompt_is_found_by_character_offsets():
+    """A byte-level BPE tokenizes "query: " alone as `query : Ġ` but "query: how" as `query : Ġhow`: the prompt's
+    tokens are the ones inside the prompt's characters (sentence-transformers' count would take `Ġhow`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+    corpus = ["query: how long do cats sleep", "passage: Cats sleep for most of the day.", "dogs bark"] * 50
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+    torch.manual_seed(0)
+    model = RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64, pad_token_id=1))
+    e = simattr.Explainer(model, tokenizer=tok, prompt=("query: ", None)).explain(Q, "Cats sleep.", method="bilrp")
+    assert e.tokens_a[:2] == ["<s>", "Ġhow"] and e.extras["prompt"]["a"]["tokens"] == 2
+
+
+def test_weighted_layer_pooling_is_refused_with_the_reason():
+    from sentence_transformers.sentence_transformer.modules import WeightedLayerPooling
+    t = Transformer(str(default_model_path()), config_kwargs={"output_hidden_states": True})
+    st = _st(t, WeightedLayerPooling(384, 6, layer_start=4), Pooling(384), Normalize())
+    with pytest.raises(simattr.SimattrError, match="WeightedLayerPooling reads the hidden states of every layer"):
+        simattr.Explainer(st)

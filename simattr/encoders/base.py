@@ -29,10 +29,12 @@ class Tokens:
     special: list  # bool per token
     word_ids: list  # word index per token, None for special tokens
     truncated: bool = False
-    prompt_length: int = 0  # the prompt's tokens are positions [0, prompt_length) (sentence-transformers' count)
+    prompt_length: int = 0  # positions [0, prompt_length): sentence-transformers' count (its pooling mask)
     prompt_shown: bool = False  # the prompt's tokens are explained like the text's (include_prompt=True)
     prompt_text: str = ""  # the prompt put before the text (empty: none)
     prompt_dropped: int = 0  # prompt tokens taken out of this view (`without_held`)
+    prompt_flags: Optional[list] = None  # per token: one of the prompt's (by character offsets where the
+    # tokenizer gives them: a byte-level BPE's "Ġhow" after "query: " is the text's); None: positions < prompt_length
     scoring: Optional[list] = None  # a multi-vector model's scored positions (None: not one)
     expansion: Optional[Tensor] = None  # [1, S] bool: a query's expansion (mask) tokens, added by the model
 
@@ -43,6 +45,8 @@ class Tokens:
     @property
     def prompt(self) -> list:
         """Per token: whether it is one of the prompt's tokens (special tokens are not)."""
+        if self.prompt_flags is not None:
+            return [f and not s for f, s in zip(self.prompt_flags, self.special)]
         return [k < self.prompt_length and not s for k, s in enumerate(self.special)]
 
     @property
@@ -58,14 +62,17 @@ class Tokens:
         return self.select([k for k, h in enumerate(held) if not h], prompt_dropped=sum(held))
 
     def select(self, keep: list, prompt_dropped: int = 0) -> "Tokens":
-        """The tokens at positions `keep` (in order) as a Tokens of their own (no prompt positions left)."""
+        """The tokens at positions `keep` (in order) as a Tokens of their own; prompt tokens among them are shown
+        (and marked), the others counted in prompt_dropped."""
         idx = torch.tensor(keep, device=self.input_ids.device, dtype=torch.long)
         pick = lambda t: t[:, idx]
+        flags = self.prompt
         return Tokens(text=self.text, input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
                       extra={k: pick(v) for k, v in self.extra.items()}, tokens=[self.tokens[k] for k in keep],
                       special=[self.special[k] for k in keep], word_ids=[self.word_ids[k] for k in keep],
-                      truncated=self.truncated, prompt_length=0, prompt_shown=False, prompt_text=self.prompt_text,
-                      prompt_dropped=prompt_dropped)
+                      truncated=self.truncated, prompt_length=0, prompt_shown=any(flags[k] for k in keep),
+                      prompt_text=self.prompt_text, prompt_dropped=prompt_dropped,
+                      prompt_flags=[flags[k] for k in keep])
 
 
 def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
@@ -75,13 +82,15 @@ def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
     if mode == "mean_sqrt_len_tokens":
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9).sqrt()
-    if mode == "cls":
-        return hidden[:, 0]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if mode == "cls":  # the first position the mask keeps (0 unless a prompt is left out), as sentence-transformers
+        return hidden[rows, mask.to(torch.int).argmax(1)]
     if mode == "max":
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
-    if mode == "lasttoken":
-        last = mask.long().sum(1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if mode == "lasttoken":  # the last position the mask keeps
+        values, flipped = mask.to(torch.int).flip(1).max(1)
+        last = torch.where(values == 0, hidden.shape[1] - 1, hidden.shape[1] - 1 - flipped)
+        return hidden[rows, last]
     raise SimattrError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
 
 
@@ -161,7 +170,7 @@ class BaseEncoder(abc.ABC):
             raise SimattrError(f"text {_clip(text)} is not valid Unicode (an unpaired surrogate "
                                f"{text[exc.start]!r} at position {exc.start}: a string decoded from bytes that are "
                                f"not UTF-8?)") from None
-        limit = min(max_length or self.max_length, self.max_length)
+        limit = self._token_limit(max_length)
         prompt = self.prompt or ""
         plen = self.prompt_length(prompt)
         full = prompt + text
@@ -205,7 +214,12 @@ class BaseEncoder(abc.ABC):
         return Tokens(text=text, input_ids=ids.to(self.device), attention_mask=enc["attention_mask"].to(self.device),
                       extra=extra, tokens=self.tokenizer.convert_ids_to_tokens(id_list), special=special,
                       word_ids=list(word_ids), truncated=truncated, prompt_length=plen,
-                      prompt_shown=bool(self.include_prompt), prompt_text=prompt)
+                      prompt_shown=bool(self.include_prompt), prompt_text=prompt,
+                      prompt_flags=prompt_flags(enc, len(id_list), prompt, plen))
+
+    def _token_limit(self, max_length: Optional[int]) -> int:
+        """The most tokens a text may have (prompt included)."""
+        return min(max_length or self.max_length, self.max_length)
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens of `prompt` at the start of prompt + text, as sentence-transformers counts them: the prompt
@@ -235,6 +249,19 @@ class BaseEncoder(abc.ABC):
             raise SimattrError(f"layer must be an integer in [0, {self.num_layers - 1}] for this "
                                f"{self.num_layers}-block model, got {layer!r}")
 
+
+
+def prompt_flags(enc, n: int, prompt: str, count: int) -> Optional[list]:
+    """Per token of prompt + text: whether it lies in the prompt, by the tokenizer's character offsets (a token
+    ending inside the prompt); without offsets (a slow tokenizer), sentence-transformers' count `count`."""
+    if not prompt:
+        return None
+    end = len(prompt.rstrip()) if prompt.strip() else len(prompt)
+    try:
+        spans = [enc.token_to_chars(0, k) for k in range(n)]
+    except Exception:  # noqa: BLE001  (slow tokenizers have no offsets)
+        return [k < count for k in range(n)]
+    return [sp is not None and sp.start < end for sp in spans]
 
 
 def prompt_extras(tokens_a: Tokens, tokens_b: Tokens, groups_a=None, groups_b=None) -> dict:

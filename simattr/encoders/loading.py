@@ -68,6 +68,10 @@ def _from_sentence_transformer(st, name="sentence-transformers", task=None) -> E
     if not isinstance(first.auto_model, nn.Module) or not any(True for _ in first.auto_model.parameters()):
         return _gradient_free(st, first, name)
     rest = list(modules[1:])
+    every_layer = [type(m).__name__ for m in rest if type(m).__name__ in ("WeightedLayerPooling",)]
+    if every_layer:
+        raise SimattrError(f"{name}: {every_layer[0]} reads the hidden states of every layer, which the path "
+                           f"methods do not pass through (they substitute one layer's input); not supported")
     normalized = bool(rest) and type(rest[-1]).__name__ == "Normalize"
     if normalized:
         rest = rest[:-1]  # the Normalize is the encoder's own flag (BiLRP treats the norm itself)
@@ -164,6 +168,7 @@ def side_encoder(enc, task=None, prompt=None, prompt_name=None, include_prompt: 
     if getattr(enc, "multi_vector", False):
         if task is not None and task != enc.task:
             twin = MultiVectorTower(source, task, name=enc.name)
+            twin.max_length, twin.user_max_length = enc.max_length, enc.user_max_length
             twin.model.to(device=enc.device, dtype=enc.dtype)
             enc = twin
     elif task != getattr(enc, "task", None):
@@ -334,6 +339,8 @@ def load_encoder(model=None, pooling: Optional[str] = None, tokenizer=None, devi
             warn(f"max_length={int(max_length)} is above the model's maximum of {enc.max_length} tokens; the "
                  f"model's is used")
         enc.max_length = min(enc.max_length, int(max_length)) if enc.max_length else int(max_length)
+        if getattr(enc, "multi_vector", False):
+            enc.user_max_length = enc.max_length
     if truncate_dim is not None:
         enc.truncate_dim = truncate_dim.__index__()
     if enc.model is not None and (device is not None or dtype is not None):

@@ -71,12 +71,12 @@ class MultiVectorTower(Encoder):
         super().__init__(first.auto_model, first.tokenizer, pooling="mean", head=nn.Sequential(*stack),
                          normalized=False, max_length=first.max_seq_length, name=name)
         self.source, self.task, self.route = mve, task, None
+        self.user_max_length = None  # max_length= given to load_encoder: the preprocessing's length where it applies
         self.transformer = first
         self.similarity_fn = str(getattr(mve, "similarity_fn_name", None) or "maxsim").lower()
         self.prompts = dict(getattr(mve, "prompts", None) or {})
         self.default_prompt_name = getattr(mve, "default_prompt_name", None)
-        length = first.query_length if task == "query" else first.document_length
-        self.max_length = min(self.max_length, length) if length else self.max_length
+
 
     def describe(self) -> dict:
         out = super().describe()
@@ -84,17 +84,23 @@ class MultiVectorTower(Encoder):
         return out
 
     # ------------------------------------------------------------------ tokenization, as the model's preprocess
+    def _token_limit(self, max_length: Optional[int]) -> int:
+        return 10 ** 9  # the model's own preprocessing cuts a text; `tokenize` compares with this untruncated count
+
     def tokenize(self, text, truncate: bool = False, max_length: Optional[int] = None) -> Tokens:
-        plain = super().tokenize(text, truncate=True, max_length=10 ** 9)  # the checks of any text, untruncated
+        plain = super().tokenize(text)  # the checks of any text, and its untruncated tokens
         prompt = self.prompt or ""
-        feats = self.transformer.preprocess([text], prompt=prompt or None, task=self.task)
+        kw = {"max_length": self.user_max_length} if self.user_max_length else {}
+        if self.task == "query" and (self.transformer.query_expansion or {}).get("strategy") == "fixed":
+            kw = {}  # a fixed expansion fixes the query's width (sentence-transformers ignores max_length there)
+        feats = self.transformer.preprocess([text], prompt=prompt or None, task=self.task, **kw)
         ids, attn = feats["input_ids"], feats["attention_mask"]
         expansion = feats.get("query_expansion_positions")
         real = int(ids.shape[1] - (int(expansion.sum()) if expansion is not None else 0))
         truncated = real < plain.length
         if truncated and not truncate:
             raise SimattrError(f"text has {plain.length} tokens{' (with the prompt)' if prompt else ''}, over the "
-                               f"model's {self.task} length of {self.max_length}; shorten it or pass truncate=True "
+                               f"model's {self.task} length of {real}; shorten it or pass truncate=True "
                                f"(--truncate) to cut it")
         if truncated:
             warn(f"text {_clip(text)} truncated from {plain.length} to {real} tokens (the {self.task} length)")
@@ -103,6 +109,7 @@ class MultiVectorTower(Encoder):
         special_ids = set(self.tokenizer.all_special_ids) - {unk}
         special = [i in special_ids for i in id_list]
         words = list(plain.word_ids[:real]) + [None] * (len(id_list) - real)
+        flags = (plain.prompt_flags or [False] * plain.length)[:real] + [False] * (len(id_list) - real)
         extra = {}
         if "token_type_ids" in feats and "token_type_ids" in self._forward_args():
             extra["token_type_ids"] = feats["token_type_ids"].to(self.device)
@@ -110,7 +117,8 @@ class MultiVectorTower(Encoder):
                         tokens=self.tokenizer.convert_ids_to_tokens(id_list), special=special,
                         word_ids=[None if s else w for s, w in zip(special, words)], truncated=truncated,
                         prompt_length=int(feats.get("prompt_length") or 0) if prompt else 0,
-                        prompt_shown=bool(self.include_prompt), prompt_text=prompt)
+                        prompt_shown=bool(self.include_prompt), prompt_text=prompt,
+                        prompt_flags=flags if prompt else None)
         tokens.expansion = None if expansion is None else expansion.to(self.device).bool()
         tokens.scoring = self._scoring_positions(tokens)
         if not tokens.scoring:

@@ -86,10 +86,14 @@ def explain_pairs(enc_a, enc_b, texts_a, texts_b, *, layer, truncate, batch_size
     for k in range(sides.n):
         ta, tb = sides.A.tokens[sides.ia(k)], sides.B.tokens[sides.ib(k)]
         ex = pair(state, sides, k, ta, tb, seconds)
-        ex.extras.update(prompt_extras(ta, tb))
         check_finite(ex.matrix, f"the {ex.method} matrix of pair {k}")
         check_finite(ex.score, f"the {ex.method} score of pair {k}")
-        out.append(postprocess(ex, units="word", how=aggregate, trim=False) if units == "word" else ex)
+        if units == "word":  # the prompt's units are words too
+            ex = postprocess(ex, units="word", how=aggregate, trim=False)
+            ex.extras.update(prompt_extras(ta, tb, ex.extras["groups_a"], ex.extras["groups_b"]))
+        else:
+            ex.extras.update(prompt_extras(ta, tb))
+        out.append(ex)
     return out
 
 

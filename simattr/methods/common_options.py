@@ -31,6 +31,20 @@ def _memory(v):
     return v
 
 
+def _dims(v):
+    """None, a slice, a list / range of dimension indices, or a dict {aspect name: slice or index list}."""
+    def one(x):
+        if isinstance(x, slice) or isinstance(x, range):
+            return True
+        return isinstance(x, (list, tuple)) and len(x) > 0 and all(
+            hasattr(i, "__index__") and not isinstance(i, bool) for i in x)
+    if v is None or one(v):
+        return v
+    if isinstance(v, dict) and v and all(isinstance(k, str) and one(x) for k, x in v.items()):
+        return v
+    raise ValueError("a slice, a list of dimension indices, or a dict {aspect name: slice or list}")
+
+
 def path_options() -> list:
     """What every path method (A = G_aᵀ G_b, G from passes along the path) takes besides its own."""
     return [
@@ -56,6 +70,11 @@ def path_options() -> list:
                "'auto' (fused on CUDA with Triton)", one_of(*ATTENTION_CHOICES)),
         Option("contraction", "auto", "reverse mode's Jacobian-contraction kernel (auto: where measured faster)",
                one_of(*contraction.BACKENDS)),
+        Option("dims", None, "aspects of the embedding: a slice or list of dimensions (the whole explanation is then "
+               "of the similarity restricted to them, A_S = G_a[S]ᵀ G_b[S]), or a dict of named groups (each "
+               "group's matrix and share in extras['aspects'])", _dims, cli=None),
+        Option("return_factors", False, "keep the per-dimension factors G_a, G_b on the result "
+               "(Explanation.factors; not in its JSON)", boolean, cli=None),
     ]
 
 

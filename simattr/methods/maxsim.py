@@ -73,18 +73,22 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
         pairs = [(i, int(idx[i])) for i in range(ta.length) if qm[i] and idx[i] >= 0]
         n_q = int(qm.sum())
         score = float(v.sum())
-        settings = {"layer": sides.A.layer, "normalize": normalize,
+        # a meanmaxsim model (sentence-transformers' similarity_fn_name) scores the mean over the query's tokens
+        mean = sides.A.layer is None and getattr(enc_a, "similarity_fn", None) == "meanmaxsim"
+        share = 1.0 / max(1, n_q) if mean else 1.0
+        settings = {"layer": "the model's token vectors" if sides.A.layer is None else sides.A.layer,
+                    "normalize": normalize, "similarity": "meanmaxsim" if mean else "maxsim",
                     "skiplist": skiplist if not isinstance(skiplist, (set, frozenset)) else sorted(skiplist),
                     "special": special, "backend": which, "query": "a", "model_a": enc_a.describe(),
                     "model_b": enc_b.describe() if enc_b is not enc_a else "same",
                     "dtype": str(Q.dtype).replace("torch.", ""), "device": str(Q.device)}
         extras = {"scores": {"maxsim": score, "mean": score / max(1, n_q)},
                   "alignment": sb.pairs_list(la, lb, S, pairs),
-                  "contributions": [float(x) if m else 0.0 for x, m in zip(v, qm)],
+                  "contributions": [share * float(x) if m else 0.0 for x, m in zip(v, qm)],
                   "document_mask": cmask[sides.ib(k), : tb.length].cpu().tolist(),
                   "token_info": sb.token_info(ta, tb), "seconds": seconds}
-        return Explanation(method="maxsim", matrix=S, tokens_a=la, tokens_b=lb, score=score, settings=settings,
-                           extras=extras)
+        return Explanation(method="maxsim", matrix=S, tokens_a=la, tokens_b=lb, score=score * share,
+                           settings=settings, extras=extras)
 
     return sb.explain_pairs(enc_a, enc_b, texts_a, texts_b, layer=layer, truncate=truncate, batch_size=batch_size,
                             units=units, aggregate=aggregate, batch=batch, pair=pair)

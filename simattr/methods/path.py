@@ -72,6 +72,46 @@ class DotForm:
         return G_b.T.double() @ fr_a.double()
 
 
+class DimsForm(DotForm):
+    """The dot product restricted to the dimensions `idx` (an aspect of the embedding): s_S(a, b) = Σ_{k∈S} f_k(a)
+    f_k(b), A_S = G_a[S]ᵀ G_b[S]; over a partition of all dimensions the aspects' matrices sum to A."""
+
+    def __init__(self, idx: Tensor):
+        self.idx = idx
+
+    def dot(self, u: Tensor, v: Tensor) -> float:
+        i = self.idx.to(u.device)
+        return float((u.double()[..., i] * v.double()[..., i]).sum())
+
+    def combine(self, G_a: Tensor, G_b: Tensor) -> Tensor:
+        i = self.idx.to(G_a.device)
+        return G_a[i].T.double() @ G_b[i].double()
+
+    def first_order_a(self, G_a: Tensor, fr_b: Tensor) -> Tensor:
+        i = self.idx.to(G_a.device)
+        return G_a[i].T.double() @ fr_b[i].double()
+
+    def first_order_b(self, fr_a: Tensor, G_b: Tensor) -> Tensor:
+        i = self.idx.to(G_b.device)
+        return G_b[i].T.double() @ fr_a[i].double()
+
+
+def dimension_indices(sel, D: int, what: str = "dims") -> Tensor:
+    """A slice / range / list of dimensions as an index tensor, checked against D."""
+    if isinstance(sel, (slice, range)):
+        idx = list(range(D))[sel] if isinstance(sel, slice) else list(sel)
+    else:
+        idx = [int(i.__index__()) for i in sel]
+    if not idx:
+        raise SimattrError(f"{what} selects no dimension of the {D}-dimensional embedding")
+    bad = [i for i in idx if not 0 <= i < D]
+    if bad:
+        raise SimattrError(f"{what} names dimension {bad[0]}, outside the {D}-dimensional embedding (0..{D - 1})")
+    if len(set(idx)) != len(idx):
+        raise SimattrError(f"{what} names a dimension twice")
+    return torch.tensor(idx, dtype=torch.long)
+
+
 class MaxSimForm:
     """Late interaction with the argmax fixed at the input: s(a, b) = Σ_i q_i·d_π(i), π(i) = argmax_j q_i·d_j of
     the input's token vectors, a bilinear form of the two towers' flattened vectors [K_a·dim], [K_b·dim]; with π
@@ -139,13 +179,19 @@ class PathJob(abc.ABC):
             self.mode = "forward"  # K·dim outputs: one JVP per unit, and no cross passes (MaxSimForm needs both G's)
         self.sim = model_similarity(enc_a, enc_b) if o.sim == "auto" else o.sim
         self.late = self.sim in LATE_INTERACTION
+        self.dims, self.return_factors = o.dims, o.return_factors
+        if self.late and self.dims is not None:
+            raise SimattrError("dims= selects embedding dimensions; a multi-vector model's score is over token vectors")
+        # both texts' G's are needed for every pair: no cross passes (`jobs.plan`)
+        self.needs_both = self.late or self.dims is not None or self.return_factors
         if self.late and o.sim != "auto":
             raise SimattrError("a multi-vector model scores by MaxSim: leave sim='auto'")
         if any(getattr(e, "multi_vector", False) for e in (enc_a, enc_b)) and not self.late:
             raise SimattrError(f"a multi-vector model scores by MaxSim, not {o.sim}: leave sim='auto'")
-        if self.late and o.mode == "cross":
-            raise SimattrError("mode='cross' passes one text's G through the other's plain dot product; a "
-                               "late-interaction score needs both G's (mode 'forward', 'reverse' or 'auto')")
+        if self.needs_both and o.mode == "cross":
+            what = "a late-interaction score" if self.late else "dims= / return_factors"
+            raise SimattrError(f"mode='cross' passes one text's G through the other's plain dot product; {what} "
+                               f"needs both G's (mode 'forward', 'reverse' or 'auto')")
         self.budget = engine.parse_memory(o.max_memory)
         self.budget_given = self.budget is not None
         self.batch_size, self.contraction = o.internal_batch_size, o.contraction
@@ -187,10 +233,41 @@ class PathJob(abc.ABC):
         return None
 
     def form(self, a, b):
-        """The bilinear form the pair's score is (`DotForm`, or `MaxSimForm` from the input's token vectors)."""
-        if not self.late:
-            return DotForm()
-        return MaxSimForm(a.fx, b.fx, len(a.tokens.scoring), len(b.tokens.scoring), self.sim == "meanmaxsim")
+        """The bilinear form the pair's score is (`DotForm`; `DimsForm` for dims= a selection; `MaxSimForm` from
+        the input's token vectors)."""
+        if self.late:
+            return MaxSimForm(a.fx, b.fx, len(a.tokens.scoring), len(b.tokens.scoring), self.sim == "meanmaxsim")
+        if self.dims is not None and not isinstance(self.dims, dict):
+            return DimsForm(dimension_indices(self.dims, a.fx.shape[-1]))
+        return DotForm()
+
+    def selection(self, a, b, score: float) -> Optional[dict]:
+        """dims= a selection: which dimensions, the full similarity and the selection's share of it."""
+        if self.dims is None or isinstance(self.dims, dict):
+            return None
+        full = DotForm().dot(a.fx, b.fx)
+        return {"dims": dimension_indices(self.dims, a.fx.shape[-1]).tolist(), "full_score": full,
+                "share": score / full if full else None}
+
+    def aspects(self, a, b, G_a, G_b, score: float) -> Optional[dict]:
+        """dims= a dict of named groups: per group its matrix A_S, the restricted similarity s_S and its share of
+        the score, and Σ A_S."""
+        if not isinstance(self.dims, dict):
+            return None
+        out = {}
+        for name, sel in self.dims.items():
+            form = DimsForm(dimension_indices(sel, a.fx.shape[-1], f"dims[{name!r}]"))
+            A = form.combine(G_a, G_b)
+            s = form.dot(a.fx, b.fx)
+            out[name] = {"dims": form.idx.tolist(), "score": s, "share": s / score if score else None,
+                         "interactions": float(A.sum()), "matrix": A.cpu().numpy()}
+        return out
+
+    def factors(self, G_a, G_b) -> Optional[dict]:
+        """return_factors=True: {"a": G_a, "b": G_b} as arrays [D, U]."""
+        if not self.return_factors:
+            return None
+        return {"a": G_a.double().cpu().numpy(), "b": G_b.double().cpu().numpy()}
 
     def combine(self, a, b, G_a: Tensor, G_b: Tensor) -> Tensor:
         """A [U_a, U_b] of a pair from its two G's."""
