@@ -136,7 +136,8 @@ def text_tolerance(tol: float, sim: str, partner_norms) -> float:
     """The error norm ‖Σ_u G[:, u] − Δf‖ one text may keep so that every pair it is in meets `tol`:
     |ΣA − target| = |e_a·Δ_b + Δ_a·e_b + e_a·e_b| ≤ ‖e_a‖ ‖Δ_b + e_b‖ + ‖Δ_a‖ ‖e_b‖, so ‖e‖ ≤ tol / (2 B) with B a
     bound of the partners' ‖Δf‖: 2 for cosine (unit vectors: any partner, so a text's nodes depend on the text
-    alone), the largest partner's ‖Δf‖ in the job for dot."""
+    alone), the largest partner's ‖Δf‖ in the job for dot, and for late interaction (sim="dot" passed) the pair's
+    ‖M Δ_partner‖ (`MaxSimForm.partner_norms`)."""
     bound = 2.0 if sim == "cosine" else max(float(n) for n in partner_norms)
     return tol / (2.0 * max(bound, 1e-12) * 1.01)
 
@@ -286,11 +287,11 @@ class IJJob(PathJob):
             norms = {t: float((sides[t].fx - sides[t].fr).double().norm()) for pair in pair_ids for t in pair}
             partners = {}
             for i, j in pair_ids:
-                if self.late:  # |e_aᵀ M Δ_b|, |Δ_aᵀ M e_b| ≤ 2·scale·K_a·‖e‖ for unit token vectors (K_a query tokens)
-                    k = len(sides[i].tokens.scoring)
-                    bound = 2.0 * (1.0 if self.sim == "maxsim" else 1.0 / k) * k
-                    partners.setdefault(i, []).append(bound)
-                    partners.setdefault(j, []).append(bound)
+                if self.late:  # the pair's form: ‖M Δ_b‖ bounds a's error term, ‖Mᵀ Δ_a‖ b's (MaxSimForm)
+                    for_a, for_b = self.form(sides[i], sides[j]).partner_norms(sides[i].fx - sides[i].fr,
+                                                                               sides[j].fx - sides[j].fr)
+                    partners.setdefault(i, []).append(for_a)
+                    partners.setdefault(j, []).append(for_b)
                     continue
                 partners.setdefault(i, []).append(norms[j])
                 partners.setdefault(j, []).append(norms[i])

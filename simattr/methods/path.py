@@ -142,6 +142,15 @@ class MaxSimForm:
         gb = G_b.double().reshape(self.k_b, self.dim, -1)[self.match]
         return self.scale * torch.einsum("kd,kdv->v", fr_a.double().reshape(self.k_a, self.dim), gb)
 
+    def partner_norms(self, delta_a: Tensor, delta_b: Tensor) -> tuple:
+        """(‖M Δ_b‖, ‖Mᵀ Δ_a‖): what bounds each side's error under this form (|e_aᵀ M Δ_b| ≤ ‖e_a‖ ‖M Δ_b‖ and
+        |Δ_aᵀ M e_b| ≤ ‖Mᵀ Δ_a‖ ‖e_b‖), the analogues of the partner's ‖Δf‖ under a dot product."""
+        q = delta_a.double().reshape(self.k_a, self.dim)
+        d = delta_b.double().reshape(self.k_b, self.dim)
+        for_a = self.scale * float(d[self.match].norm())
+        gathered = torch.zeros_like(d).index_add_(0, self.match.to(d.device), q)  # Σ_{i: π(i)=j} Δ_a[i]
+        return for_a, self.scale * float(gathered.norm())
+
     def as_dict(self) -> dict:
         return {"match": self.match.tolist(), "query_tokens": self.k_a, "document_tokens": self.k_b,
                 "dim": self.dim}
