@@ -5,7 +5,7 @@ from typing import Iterator
 
 from . import jobs
 from .encoders import Encoder, load_encoder
-from .encoders.loading import side_encoder
+from .encoders.loading import has_router, side_encoder
 from .errors import SimattrError
 from .explanation import Explanation
 from .methods import BATCH_METHODS, METHODS, OPTIONS, PAIR_JOBS
@@ -199,8 +199,7 @@ def _per_side(value, name: str) -> tuple:
 def _routed(enc) -> bool:
     """A model whose query and document towers differ: a Router's routes, a multi-vector model's tasks."""
     source = getattr(enc, "source", None)
-    return getattr(enc, "multi_vector", False) or (
-        source is not None and any(type(m).__name__ == "Router" for m in source))
+    return getattr(enc, "multi_vector", False) or (source is not None and has_router(source))
 
 
 def _require_pyarrow():

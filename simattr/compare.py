@@ -59,18 +59,11 @@ class Comparison:
 
     def to_png(self, path, dpi: int = 130):
         """The methods' matrices side by side (each on its own symmetric colour scale)."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise SimattrError("to_png needs matplotlib (pip install matplotlib)") from None
-        from .outputs import check_writable, write_atomic
-        check_writable(path, "picture file")
+        from .viz import new_figure, save_figure
         es = list(self.explanations.items())
         h = max(e.matrix.shape[0] for _, e in es)
         w = sum(e.matrix.shape[1] for _, e in es)
-        fig = Figure(figsize=(max(6.0, 0.32 * w + 2.0 * len(es)), max(3.0, 0.3 * h + 2.2)))
-        FigureCanvasAgg(fig)
+        fig, kind = new_figure(path, (max(6.0, 0.32 * w + 2.0 * len(es)), max(3.0, 0.3 * h + 2.2)))
         axes = fig.subplots(1, len(es), squeeze=False)[0]
         for ax, (m, e) in zip(axes, es):
             scale = float(np.abs(e.matrix).max()) or 1.0
@@ -81,9 +74,7 @@ class Comparison:
             ax.set_title(f"{m}: score {e.score:.3f}" + (f"\nfaithful r {f['pearson']:.2f}" if f else ""), fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         fig.tight_layout()
-        kind = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
-        write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format=kind), "picture file", binary=True)
-        return path
+        return save_figure(fig, path, kind, dpi)
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> Optional[float]:

@@ -89,10 +89,14 @@ def token_embeddings(encoder: Encoder, texts: Sequence[str], layer: Optional[int
     finally:
         if model is not None:
             model.train(training)
-    toks = [t.without_held() for t in toks]
+    return _batch([t.without_held() for t in toks], rows, layer, f"the token embeddings at layer {layer}")
+
+
+def _batch(toks: list, rows: list, layer, what: str) -> TokenBatch:
+    """The texts' rows [S_n, H] padded into one TokenBatch with its mask of real tokens."""
     S = max(t.length for t in toks)
     emb = _pad_stack(rows, S)
-    check_finite(emb, f"the token embeddings at layer {layer}")
+    check_finite(emb, what)
     mask = torch.zeros(len(toks), S, dtype=torch.bool, device=emb.device)
     for k, t in enumerate(toks):
         mask[k, : t.length] = True
@@ -108,13 +112,7 @@ def _multi_vectors(encoder, texts, truncate: bool) -> TokenBatch:
             t = encoder.tokenize(text, truncate=truncate)
             rows.append(encoder.token_vectors(t))
             toks.append(t.select(t.scoring))
-    S = max(t.length for t in toks)
-    emb = _pad_stack(rows, S)
-    check_finite(emb, "the model's token vectors")
-    mask = torch.zeros(len(toks), S, dtype=torch.bool, device=emb.device)
-    for k, t in enumerate(toks):
-        mask[k, : t.length] = True
-    return TokenBatch(tokens=toks, embeddings=emb, mask=mask, layer=None)
+    return _batch(toks, rows, None, "the model's token vectors")
 
 
 def _layer_output(encoder: Encoder, ids: Tensor, mask: Tensor, extra: dict, layer: int) -> Tensor:

@@ -104,8 +104,10 @@ def write_page(page: str, path=None) -> str:
 PICTURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
 
 
-def to_png(e, path, dpi: int = 150, title: str = None):
-    """The matrix as a heatmap picture: PNG, or SVG / PDF / JPEG by the file's extension (needs matplotlib)."""
+def new_figure(path, figsize):
+    """(a matplotlib Figure on the Agg canvas, the picture format of `path`'s extension), after checking that
+    matplotlib is there, the file can be written and the format is one of PICTURE_FORMATS. No pyplot: the user's
+    backend stays as it is."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -115,13 +117,25 @@ def to_png(e, path, dpi: int = 150, title: str = None):
     kind = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") or "png"
     if kind not in PICTURE_FORMATS:
         raise SimattrError(f"to_png writes {', '.join(PICTURE_FORMATS)} (by the file's extension), not {kind!r}")
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, kind
+
+
+def save_figure(fig, path, kind: str, dpi: int):
+    """`fig` written atomically to `path` in `kind`."""
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format=kind), f"{kind.upper()} file", binary=True)
+    return path
+
+
+def to_png(e, path, dpi: int = 150, title: str = None):
+    """The matrix as a heatmap picture: PNG, or SVG / PDF / JPEG by the file's extension (needs matplotlib)."""
     m = np.asarray(e.matrix, dtype=np.float64)
     scale = float(np.abs(m).max()) or 1.0
     h, w = m.shape
     first = e.first_order()
-    fig = Figure(figsize=(max(4.0, 0.35 * w + 2.5 + (0.6 if first else 0)),
-                          max(3.0, 0.3 * h + 1.8 + (0.5 if first else 0))))  # no pyplot: the user's backend stays
-    FigureCanvasAgg(fig)
+    fig, kind = new_figure(path, (max(4.0, 0.35 * w + 2.5 + (0.6 if first else 0)),
+                                  max(3.0, 0.3 * h + 1.8 + (0.5 if first else 0))))
     if first:  # the matrix, its first-order column (a's tokens) and row (b's tokens), one colour scale each
         grid = fig.add_gridspec(2, 3, width_ratios=[max(w, 1), 1, 0.4], height_ratios=[max(h, 1), 1], wspace=0.08,
                                 hspace=0.05)
@@ -162,5 +176,4 @@ def to_png(e, path, dpi: int = 150, title: str = None):
         fig.tight_layout()
     else:
         fig.subplots_adjust(left=0.2, bottom=0.2, right=0.92, top=0.88)
-    write_atomic(path, lambda fh: fig.savefig(fh, dpi=dpi, format=kind), f"{kind.upper()} file", binary=True)
-    return path
+    return save_figure(fig, path, kind, dpi)

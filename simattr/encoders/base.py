@@ -294,6 +294,11 @@ def prepared(*encoders):
 
 
 
+def l2(x: Tensor) -> Tensor:
+    """Rows of x over their L2 norms (the cosine's normalisation; zero rows stay zero)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def truncated(emb, k: int):
     """The first k dimensions of embeddings [N, D] (SimattrError if k > D)."""
     if k > emb.shape[-1]:

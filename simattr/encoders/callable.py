@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .base import BaseEncoder
+from .base import BaseEncoder, l2
 
 class CallableEncoder(BaseEncoder):
     """A user-defined encoder from plain callables.
@@ -53,7 +53,7 @@ class CallableEncoder(BaseEncoder):
         def f(x):
             emb = self._encode(x, tokens.attention_mask.expand(x.shape[0], -1))
             if normalize:
-                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                emb = l2(emb)
             return emb
         return f
 

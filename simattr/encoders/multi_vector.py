@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SimattrError, warn
-from .base import Tokens, _clip
+from .base import Tokens, _clip, l2
 from .hf import Encoder
 
 #: sentence-transformers' names of the late-interaction similarity functions
@@ -27,31 +27,6 @@ MAXSIM_FUNCTIONS = ("maxsim", "meanmaxsim")
 def is_multi_vector_model(obj) -> bool:
     """A sentence-transformers MultiVectorEncoder object."""
     return isinstance(obj, nn.Sequential) and type(obj).__name__ == "MultiVectorEncoder"
-
-
-def is_multi_vector_directory(path) -> bool:
-    """A saved multi-vector model: a MultiVectorEncoder's, PyLate's (similarity MaxSim, query/document prefixes)
-    or one with a MultiVectorMask module."""
-    import json
-    cfg = path / "config_sentence_transformers.json"
-    try:
-        data = json.loads(cfg.read_text()) if cfg.exists() else {}
-    except (OSError, ValueError):
-        data = {}
-    if data.get("model_type") in ("MultiVectorEncoder", "ColBERT") or \
-            str(data.get("similarity_fn_name", "")).lower() in MAXSIM_FUNCTIONS or "query_prefix" in data:
-        return True
-    mods = path / "modules.json"
-    return mods.exists() and "MultiVectorMask" in mods.read_text()
-
-
-def load_multi_vector(path, name: str):
-    try:
-        from sentence_transformers import MultiVectorEncoder
-    except ImportError as exc:
-        raise SimattrError(f"{name} is a multi-vector (ColBERT) model: loading it needs sentence-transformers 6 "
-                           f"(its MultiVectorEncoder)") from exc
-    return MultiVectorEncoder(str(path), device="cpu")
 
 
 class MultiVectorTower(Encoder):
@@ -154,7 +129,7 @@ class MultiVectorTower(Encoder):
             feats = mod(feats, **kw)
         vec = feats["token_embeddings"][:, tokens.scoring]
         if own_norm and self.normalizes:
-            vec = vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            vec = l2(vec)
         return vec
 
     def function(self, tokens: Tokens, layer: int, normalize: bool, own_norm: bool = True) -> Callable:

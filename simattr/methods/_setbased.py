@@ -97,10 +97,6 @@ def explain_pairs(enc_a, enc_b, texts_a, texts_b, *, layer, truncate, batch_size
     return out
 
 
-def l2(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 # ---------------------------------------------------------------------- token weights
 def idf_table(tokenizer, corpus: Sequence[str], max_length: Optional[int] = None) -> dict:
     """idf[id] = log((N + 1) / (df(id) + 1)) over the documents' token ids (special tokens included, as in

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..encoders.base import l2
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, one_of
@@ -31,7 +32,7 @@ def bertscore_batch(Ca: Tensor, Camask: Tensor, wa: Tensor, Rb: Tensor, Rbmask: 
     Ca [N|1, n, D] candidate tokens, Rb [N|1, m, D] reference tokens (normalised here), masks bool, weights
     wa/wb [.., S] (idf or 1, 0 for [CLS]/[SEP]). The two greedy matchings are MaxSim in both directions, so they
     run on the MaxSim kernels (`backend`)."""
-    Ca, Rb = sb.l2(Ca.float()), sb.l2(Rb.float())
+    Ca, Rb = l2(Ca.float()), l2(Rb.float())
     pv, pi = ops.maxsim(Ca, Rb, Camask, Rbmask, backend=backend)
     rv, ri = ops.maxsim(Rb, Ca, Rbmask, Camask, backend=backend)
     N = pv.shape[0]
@@ -127,8 +128,8 @@ def explain_bertscore_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[in
     def pair(state, sides, k, ta, tb, seconds):
         base, which, res = state
         A, B = sides.A, sides.B
-        a = sb.l2(A.embeddings[sides.ia(k), : ta.length].double())
-        b = sb.l2(B.embeddings[sides.ib(k), : tb.length].double())
+        a = l2(A.embeddings[sides.ia(k), : ta.length].double())
+        b = l2(B.embeddings[sides.ib(k), : tb.length].double())
         S = (a @ b.T).cpu().numpy()
         la, lb = list(ta.tokens), list(tb.tokens)
         raw = {key: float(res[key][k]) for key in ("precision", "recall", "f1")}

@@ -237,9 +237,7 @@ class BiLRPJob(PathJob):
                   **prompt_extras(a.tokens, b.tokens, a.units.groups, b.units.groups)}
         scale = float(a.fmod.double().norm() * b.fmod.double().norm())
         warn_conservation(conservation, total, self.bias, decomposed, scale)
-        for key, value in (("dims", self.selection(a, b, score)), ("aspects", self.aspects(a, b, G_a, G_b, score))):
-            if value is not None:
-                extras[key] = value
+        extras.update(self.aspect_extras(a, b, G_a, G_b, score))
         return Explanation(method="bilrp", matrix=A.cpu().numpy(), tokens_a=a.units.labels,
                            tokens_b=b.units.labels, score=score, terms={"decomposed": decomposed},
                            error=abs(total - decomposed), settings=settings, extras=extras,

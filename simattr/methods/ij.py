@@ -408,8 +408,8 @@ class IJJob(PathJob):
                   "late_interaction": form.as_dict() if self.late else None,
                   "decomposition": decomposition(score, form.dot(wa.fr, wb.fr), first, total),
                   **prompt_extras(a.tokens, b.tokens, a.units.groups, b.units.groups)}
-        extras["dims"], extras["aspects"] = self.selection(a, b, score), self.aspects(a, b, G_a, G_b, score)
         extras = {k: v for k, v in extras.items() if v is not None}
+        extras.update(self.aspect_extras(a, b, G_a, G_b, score))
         return Explanation(method="ij", matrix=A.cpu().numpy(), tokens_a=a.units.labels, tokens_b=b.units.labels,
                            score=score, terms=terms, error=error, settings=settings, extras=extras,
                            factors=self.factors(G_a, G_b))

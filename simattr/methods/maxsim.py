@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..encoders.base import l2
 from ..errors import SimattrError
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, boolean, one_of
@@ -42,8 +43,8 @@ def explain_maxsim_many(enc_a, enc_b, texts_a, texts_b, *, layer: Optional[int] 
 
     def batch(sides):
         A, B = sides.A, sides.B
-        Q = sb.l2(A.embeddings) if normalize else A.embeddings
-        C = sb.l2(B.embeddings) if normalize else B.embeddings
+        Q = l2(A.embeddings) if normalize else A.embeddings
+        C = l2(B.embeddings) if normalize else B.embeddings
         qmask = A.mask.clone()
         cmask = B.mask.clone()
         for k, t in enumerate(A.tokens):

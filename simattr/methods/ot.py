@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..encoders.base import l2
 from ..errors import SimattrError
 from ..transport import emd_pot, pot_available, sinkhorn_log
 from ..explanation import Explanation
@@ -34,8 +35,8 @@ def ot_batch(A: Tensor, Amask: Tensor, wa: Tensor, B: Tensor, Bmask: Tensor, wb:
     if solver not in ("emd", "sinkhorn"):
         raise SimattrError(f"solver must be 'emd' or 'sinkhorn', got {solver!r}")
     N = max(A.shape[0], B.shape[0])
-    A = sb.l2(A.double()).expand(N, -1, -1)
-    B = sb.l2(B.double()).expand(N, -1, -1)
+    A = l2(A.double()).expand(N, -1, -1)
+    B = l2(B.double()).expand(N, -1, -1)
     ma = (wa.double().to(A.device) * Amask.to(A.device)).expand(N, -1)
     mb = (wb.double().to(B.device) * Bmask.to(B.device)).expand(N, -1)
     sa, sbm = ma.sum(1, keepdim=True), mb.sum(1, keepdim=True)

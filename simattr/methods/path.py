@@ -272,6 +272,11 @@ class PathJob(abc.ABC):
                          "interactions": float(A.sum()), "matrix": A.cpu().numpy()}
         return out
 
+    def aspect_extras(self, a, b, G_a, G_b, score: float) -> dict:
+        """The extras dims= adds to an explanation: "dims" (a selection) or "aspects" (named groups); {} without."""
+        out = {"dims": self.selection(a, b, score), "aspects": self.aspects(a, b, G_a, G_b, score)}
+        return {k: v for k, v in out.items() if v is not None}
+
     def factors(self, G_a, G_b) -> Optional[dict]:
         """return_factors=True: {"a": G_a, "b": G_b} as arrays [D, U]."""
         if not self.return_factors:
