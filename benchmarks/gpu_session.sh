@@ -49,6 +49,9 @@ if [ "$part" = all ]; then
   echo "--- left $(left) s: ZeroTensor kernels on/off (fixed per-op cost of forward mode)"
   [ $(left) -gt 140 ] && timeout 90 python3 benchmarks/bench_zero_tensors.py --device cuda --threads 8 --runs 3 \
       --rounds 1 --out "$OUT/zero_tensors.json" 2>&1 | tail -12
+  echo "--- left $(left) s: short texts packed into shared launches vs alone (issue 13, item 7)"
+  [ $(left) -gt 150 ] && timeout 100 python3 benchmarks/bench_packing.py --device cuda --threads 8 --pairs 64 \
+      --runs 3 --cases bilrp,ij4,ij16 2>&1 | grep -E "^\||model:"
   echo "--- left $(left) s: op benchmarks"
   timeout $(( $(left) > 60 ? 50 : 5 )) python3 benchmarks/bench_contract.py --runs 7 --out "$OUT/contract.json" > /dev/null 2>&1
   [ -f "$OUT/contract.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(r['K'], r['N'], r['S'], r['H'], {b: (round(r[b]['ms'], 3), round(r[b]['speedup_vs_torch'], 2), r[b]['ok']) for b in ('torch', 'triton', 'cuda', 'cpp') if b in r}) for r in d['op']]" "$OUT/contract.json"

@@ -29,6 +29,10 @@ PAIR_MODES = MODES + ("cross",)
 #: caches (MiniLM, 28 tokens, 1 thread: 11.2 s at ~100 sequences per chunk vs 14.4 s with all 560 at once and
 #: 19.6 s at 13; 7 tokens: 2.0 s with all 250 at once vs 3.0 s at 50)
 CPU_FORWARD_TOKENS = 4096
+#: on the CPU, tokens per launch that packed short texts fill (`pack_capacity`): the cost per sequence stops
+#: falling there (MiniLM, 10 tokens, 1 thread, 8 tangents per primal: 33 / 11.6 / 8.5 / 6.2 / 4.7 ms per sequence at
+#: 4 / 8 / 16 / 32 / 64 sequences per launch, 4.4-5.1 ms from 64 to 400), so a larger pack only adds padding
+CPU_PACK_TOKENS = 1024
 
 
 @dataclass
@@ -267,6 +271,64 @@ def reverse_mode(f: Callable, start: Tensor, delta: Tensor, alphas: Tensor, weig
                 del grads
         del pullback
     return Gs if pooled else Gs @ um.to(Gs.dtype).T
+
+
+def pack_capacity(shape: Shape, budget: int, device) -> int:
+    """Forward-mode sequences (tangent x node pairs of `shape`'s length) one launch of packed texts takes: what
+    the budget holds, and on the CPU at most `CPU_PACK_TOKENS` tokens (past them a launch is no cheaper per
+    sequence); on a GPU the budget's (a launch of short texts is far from filling it)."""
+    elems = max(1, budget // shape.forward_element())
+    if torch.device(device).type == "cpu":
+        elems = min(elems, max(1, CPU_PACK_TOKENS // shape.seq))
+    return int(elems)
+
+
+def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: int, capacity: int) -> tuple:
+    """The G's [D, U_t] of several texts in shared launches: rows (text t, node n) of one padded batch, tangent
+    slot u of a row the u-th active unit of its text (zero where the text has fewer), F(x, rows) the texts' f
+    over the batch (`Encoder.packed_function`). `paths`: per text (start, delta, alphas, weights, tangent) with
+    start, delta, tangent [1, S_t, H]; `capacity`: sequences (slots x rows) per launch.
+
+    Row n of text t sees x = start_t + α_n delta_t padded with zeros to the longest text, whose padded positions
+    the mask takes out of attention and pooling: each G equals the text's own `forward_mode` up to rounding.
+    Returns (G's, launches)."""
+    S = max(p[0].shape[1] for p in paths)
+    dtype, device = paths[0][0].dtype, paths[0][0].device
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, S - t.shape[1]))
+    actives, texts, xs, ws, Gs, unit_tangents = [], [], [], [], [], []
+    for t, ((start, delta, alphas, weights, tangent), um) in enumerate(zip(paths, unit_matrices)):
+        tangent = delta if tangent is None else tangent
+        um = um.to(device, dtype)
+        actives.append(active_units(um, tangent))
+        a = torch.as_tensor(alphas, dtype=torch.float64).to(device, dtype)
+        xs.append(pad(start + a.view(-1, 1, 1) * delta))
+        ws.append(torch.as_tensor(weights, dtype=torch.float64).to(device, acc))
+        texts.append(torch.full((len(a),), t, dtype=torch.long, device=device))
+        unit_tangents.append(pad(um[actives[-1]].unsqueeze(-1) * tangent))  # [u_t, S, H]
+        Gs.append(torch.zeros(out_dim, um.shape[0], dtype=acc, device=device))
+    slots = max(1, max(len(a) for a in actives))
+    x_all, rows_all, w_all = torch.cat(xs), torch.cat(texts), torch.cat(ws)
+    per_launch = max(1, capacity // slots)
+    launches = 0
+    with torch.no_grad():
+        for r0 in range(0, len(rows_all), per_launch):
+            rows = rows_all[r0:r0 + per_launch]
+            T = x_all.new_zeros(slots, len(rows), S, x_all.shape[-1])
+            for t in rows.unique().tolist():
+                sel = (rows == t).nonzero().flatten()
+                T[:len(actives[t]), sel] = unit_tangents[t].unsqueeze(1)
+            with named("jvp_packed"):
+                out = _batched_jvp(lambda x: F(x, rows), x_all[r0:r0 + per_launch], T)  # [slots, n, D]
+            launches += 1
+            w = w_all[r0:r0 + per_launch]
+            for t in rows.unique().tolist():
+                sel = (rows == t).nonzero().flatten()
+                idx = actives[t]
+                Gs[t][:, idx] += torch.einsum("und,n->du", out[:len(idx), sel].to(acc), w[sel])
+    for G in Gs:
+        check_finite(G, "the attribution (G)")
+    return Gs, launches
 
 
 def out_of_memory(exc: BaseException) -> bool:

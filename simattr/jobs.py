@@ -458,9 +458,19 @@ def plan(job: PairJob, sides: "Sides", texts: list, ids: list, cache: Optional[G
     return JobPlan(texts, ids, items, pairs, cache_keys, (time.perf_counter() - t_start) / max(1, len(ids)))
 
 
+#: texts after the one whose G is due that packing looks at for packmates (`_Attributions.pack_for`)
+PACK_LOOKAHEAD = 256
+#: a pack's padded work (slots x rows x longest length) may be at most this multiple of its texts' own work
+PACK_WASTE = 1.25
+
+
 class _Attributions:
     """The G's of the materialised texts: made at first use (or read from the cache, and put there when made),
-    each reported in full once and as `reused` after, dropped with the text's side after its last pair."""
+    each reported in full once and as `reused` after, dropped with the text's side after its last pair.
+
+    A short text's G is made together with those of the next texts due (`pack_for`: same packing key, within a
+    launch and little padding) in shared launches (`job.packed_attributions`); their time is charged to the pairs
+    that use them (`settle`)."""
 
     def __init__(self, job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache]):
         self.job, self.p, self.sides, self.cache = job, p, sides, cache
@@ -469,18 +479,79 @@ class _Attributions:
         for i, j in p.ids:
             self.remaining[i] += 1
             self.remaining[j] += 1
+        due = []  # the texts whose G is made, in order of first use
+        for q, (i, j) in enumerate(p.ids):
+            due += [i, j] if p.pairs.how[q] == "both" else [p.known_and_other(q)[0]]
+        self.due = list(dict.fromkeys(due))
+        self.position = {t: k for k, t in enumerate(self.due)}
+        self.packing = {}  # text -> job.packing(side) (None: runs alone)
+        self.prepaid, self.overspent = {}, 0.0
 
     def __call__(self, t: int):
         if t not in self.G and self.p.items[t].cached:
             self.G[t], plan_t = self.cache.get(self.p.cache_keys[t])
             self.plans[t] = dict(plan_t, cached=True)
         elif t not in self.G:
-            side = self.sides[t]
-            with named("attribution"):
-                self.G[t], self.plans[t] = self.job.attribution(side)
-            if self.cache is not None:
-                self.cache.put(self.p.cache_keys[t], (self.G[t], self.plans[t]))
+            group = self.pack_for(t)
+            if len(group) > 1:
+                t0 = time.perf_counter()
+                with named("attribution_packed"):
+                    made = self.job.packed_attributions([self.sides[s] for s in group])
+                if made is not None:
+                    share = (time.perf_counter() - t0) / len(group)
+                    for s, (G, plan_s) in zip(group, made):
+                        self._keep(s, G, plan_s)
+                        if s != t:
+                            self.prepaid[s] = share
+                            self.overspent += share
+            if t not in self.G:
+                with named("attribution"):
+                    self._keep(t, *self.job.attribution(self.sides[t]))
         return self.G[t]
+
+    def _keep(self, t: int, G, plan_t: dict):
+        self.G[t], self.plans[t] = G, plan_t
+        if self.cache is not None:
+            self.cache.put(self.p.cache_keys[t], (G, plan_t))
+
+    def _packing(self, t: int):
+        if t not in self.packing:
+            self.packing[t] = getattr(self.job, "packing", lambda side: None)(self.sides[t])
+        return self.packing[t]
+
+    def pack_for(self, t: int) -> list:
+        """t and the texts due after it whose passes join t's launches: the same packing key, all within one
+        launch of the longest one's length, padded work at most PACK_WASTE times their own; [t] alone when t's
+        passes fill a large part of a launch themselves (`PathJob.packing`: None)."""
+        info = self._packing(t)
+        if info is None:
+            return [t]
+        key, slots, rows, longest = info
+        own = slots * rows * longest
+        group = [t]
+        start = self.position.get(t, -1) + 1
+        for s in self.due[start:start + PACK_LOOKAHEAD]:
+            if s in self.G or self.p.items[s].cached:
+                continue
+            other = self._packing(s)
+            if other is None or other[0] != key:
+                continue
+            _, u, n, S = other
+            slots_, rows_, longest_ = max(slots, u), rows + n, max(longest, S)
+            if slots_ * rows_ > self.job.launch_capacity(self.sides[t], longest_):
+                continue
+            if slots_ * rows_ * longest_ > PACK_WASTE * (own + u * n * S):
+                continue
+            group.append(s)
+            slots, rows, longest, own = slots_, rows_, longest_, own + u * n * S
+        return group
+
+    def settle(self, pair: tuple) -> float:
+        """Seconds to add to this pair's measured time: the shares of its texts made ahead in an earlier pair's
+        pack, less what this pair spent making other pairs' texts."""
+        extra = sum(self.prepaid.pop(t, 0.0) for t in set(pair)) - self.overspent
+        self.overspent = 0.0
+        return extra
 
     def plan_of(self, t: int, cross_plan: Optional[dict]):
         """The plan reported for text t in a pair: its G's (the first time in full, then `reused`), or the pair's
@@ -546,8 +617,9 @@ def execute(job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache], z
             t0 = time.perf_counter()
         plans = [made.plan_of(t, cross_plan) for t in (i, j)]
         first = job.first_order(sides[i], sides[j], made.G.get(i), made.G.get(j), known)
-        e = job.explanation(sides[i], sides[j], A, made.G.get(i), made.G.get(j), plans,
-                            time.perf_counter() - t0 + share + p.setup_seconds, first)
+        seconds = max(0.0, time.perf_counter() - t0 + share + made.settle((i, j)))
+        e = job.explanation(sides[i], sides[j], A, made.G.get(i), made.G.get(j), plans, seconds + p.setup_seconds,
+                            first)
         if len(p.ids) > 1:
             e.extras["job"] = dict(p.pairs.as_dict(), pairs=len(p.ids), texts=len(p.items), how=how)
         with runtime.paused(zt):

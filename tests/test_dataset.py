@@ -55,7 +55,8 @@ def test_explain_batch_makes_error_rows_and_explains_the_rest(explainer):
     for r, (a, b) in ((rows[0], ("a cat", "a dog")), (rows[4], ("birds fly", "planes fly"))):
         one = explainer.explain(a, b, method="bilrp")
         np.testing.assert_allclose(np.array(r["matrix"]), one.matrix, atol=1e-6)
-        assert r["score"] == pytest.approx(one.score) and r["error"] == pytest.approx(one.error, abs=1e-7)
+        # float32 rounding: the batch packs its short texts into shared launches, the single pair runs alone
+        assert r["score"] == pytest.approx(one.score) and r["error"] == pytest.approx(one.error, rel=1e-5, abs=1e-7)
         back = simattr.Explanation.from_row(r)
         np.testing.assert_allclose(back.matrix, one.matrix, atol=1e-6)
         assert back.settings == json.loads(json.dumps(one.settings))

@@ -88,7 +88,7 @@ def test_explainer_defaults_are_checked_and_soft(explainer):
 OTHER = {"steps": 6, "tol": 1e-2, "max_steps": 64, "retry_float64": False, "quadrature": "gauss_legendre",
          "reference": "zero", "layer": 2, "units": "word", "sim": "dot", "truncate": True, "rule": "attnlrp",
          "bias": "absorb", "mode": "reverse", "max_memory": "1GB", "internal_batch_size": 7, "attention": "eager",
-         "contraction": "torch", "exact": True, "dims": [0, 1, 2], "return_factors": True}
+         "contraction": "torch", "exact": True, "dims": [0, 1, 2], "return_factors": True, "pack": False}
 
 
 @pytest.mark.parametrize("method", sorted(PAIR_JOBS))

@@ -151,6 +151,11 @@ class BaseEncoder(abc.ABC):
     def prepared(self):
         ...
 
+    def pack_key(self, tokens: "Tokens"):
+        """What texts must share to run as rows of one padded batch (`packed_function`); None (the default): this
+        tower runs each text alone."""
+        return None
+
     def copy_as(self, dtype: torch.dtype):
         """A copy whose model runs in `dtype` (None: this encoder cannot make one)."""
         return None

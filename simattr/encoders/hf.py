@@ -8,6 +8,7 @@ any Hugging Face encoder with an `embeddings` module and a list of blocks works 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Optional
 
 import torch
@@ -135,6 +136,49 @@ class Encoder(BaseEncoder):
         """f: x [N, S, H] at the input of block `layer` -> embedding [N, D] (L2-normalised if `normalize`, or if the
         model ends with its own Normalize module and `own_norm`; a caller that treats the norm itself, like
         BiLRP's rules, passes own_norm=False)."""
+        run = self._substituted(layer)
+
+        def f(x: Tensor) -> Tensor:
+            return self._output(run(x, tokens), tokens, normalize, own_norm)
+
+        return f
+
+    def pack_key(self, tokens: Tokens):
+        """What texts must share to run as rows of one padded batch (`packed_function`): this encoder, the prompt
+        length its pooling reads and the model inputs it takes; None for a text that cannot be packed."""
+        if tokens.expansion is not None or tokens.scoring is not None:
+            return None
+        return (id(self), tokens.prompt_length, tuple(sorted(tokens.extra)))
+
+    def packed_function(self, tokens_list: list, layer: int, normalize: bool,
+                        own_norm: bool = True) -> Callable[[Tensor, Tensor], Tensor]:
+        """F(x, rows): f of several texts in one batch. x [N, S, H] with S the longest text's length; row n is text
+        rows[n], right-padded (its padded positions masked out of attention and pooling, so they change nothing).
+        The texts must share `pack_key`."""
+        if len({self.pack_key(t) for t in tokens_list}) != 1 or self.pack_key(tokens_list[0]) is None:
+            raise SimattrError("texts of different pack keys cannot run as one batch")
+        S = max(t.length for t in tokens_list)
+        pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
+
+        def stack(get, fill):
+            return torch.cat([nn.functional.pad(get(t), (0, S - t.length), value=fill) for t in tokens_list])
+
+        ids = stack(lambda t: t.input_ids, pad)
+        mask = stack(lambda t: t.attention_mask, 0)
+        extra = {k: stack(lambda t: t.extra[k], 0) for k in tokens_list[0].extra}
+        run = self._substituted(layer)
+
+        def F(x: Tensor, rows: Tensor) -> Tensor:
+            tokens = dataclasses.replace(tokens_list[0], input_ids=ids[rows], attention_mask=mask[rows],
+                                         extra={k: v[rows] for k, v in extra.items()})
+            return self._output(run(x, tokens), tokens, normalize, own_norm)
+
+        return F
+
+    def _substituted(self, layer: int) -> Callable[[Tensor, Tokens], Tensor]:
+        """run(x, tokens): the last hidden states with the input of block `layer` replaced by x [N, S, H] (a forward
+        hook on the embedding module for layer 0, a forward pre-hook on the block otherwise); tokens' ids and mask
+        are [1, S] (broadcast to the N rows) or [N, S]."""
         self.check_layer(layer)
         slot = {}
         if layer == 0:
@@ -149,23 +193,20 @@ class Encoder(BaseEncoder):
                 kwargs["hidden_states"] = slot["x"]
                 return args, kwargs
             module, kind = self.blocks[layer], "pre"
-        ids = tokens.input_ids
 
-        def f(x: Tensor) -> Tensor:
+        def run(x: Tensor, tokens: Tokens) -> Tensor:
             slot["x"] = x
             if kind == "forward":
                 handle = module.register_forward_hook(substitute)
             else:
                 handle = module.register_forward_pre_hook(substitute, with_kwargs=True)
             try:
-                n = x.shape[0]
-                hidden = self._run(ids.expand(n, -1), tokens)
+                return self._run(tokens.input_ids.expand(x.shape[0], -1), tokens)
             finally:
                 handle.remove()
                 slot.clear()
-            return self._output(hidden, tokens, normalize, own_norm)
 
-        return f
+        return run
 
     def _output(self, hidden: Tensor, tokens: Tokens, normalize: bool, own_norm: bool) -> Tensor:
         """The embedding [N, D] from the last hidden states [N, S, H]: pooling or the head, the model's own

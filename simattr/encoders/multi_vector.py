@@ -139,6 +139,9 @@ class MultiVectorTower(Encoder):
             raise SimattrError("a multi-vector model scores by MaxSim of its token vectors: sim must be 'auto'")
         return super().function(tokens, layer, normalize=False, own_norm=own_norm)
 
+    def pack_key(self, tokens: Tokens):
+        return None  # [K·dim] outputs differ per text: each text runs alone
+
     def _output(self, hidden: Tensor, tokens: Tokens, normalize: bool, own_norm: bool) -> Tensor:
         return self._vectors(hidden, tokens, own_norm).flatten(1)
 

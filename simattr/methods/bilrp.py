@@ -102,16 +102,22 @@ def choose_attention(encoder: Encoder, attention: str, rule: str) -> str:
 def modified_function(encoder: Encoder, tokens: Tokens, layer: int, sim: str) -> Callable[[Tensor], Tensor]:
     """f̃: x -> embedding under the rules active around the call; for cosine, divided by the detached norm."""
     f = encoder.function(tokens, layer, normalize=False, own_norm=False)
-    if getattr(encoder, "multi_vector", False):
-        if not encoder.normalizes:
-            return f
-        k = len(tokens.scoring)
+    if not getattr(encoder, "multi_vector", False):
+        return held_norm(encoder, f, sim)
+    if not encoder.normalizes:
+        return f
+    k = len(tokens.scoring)
 
-        def f_tokens(x: Tensor) -> Tensor:  # each token vector over its own norm, held constant
-            e = f(x)
-            v = e.reshape(e.shape[0], k, -1)
-            return (v / v.norm(dim=-1, keepdim=True).detach().clamp_min(1e-12)).flatten(1)
-        return f_tokens
+    def f_tokens(x: Tensor) -> Tensor:  # each token vector over its own norm, held constant
+        e = f(x)
+        v = e.reshape(e.shape[0], k, -1)
+        return (v / v.norm(dim=-1, keepdim=True).detach().clamp_min(1e-12)).flatten(1)
+    return f_tokens
+
+
+def held_norm(encoder: Encoder, f: Callable[[Tensor], Tensor], sim: str) -> Callable[[Tensor], Tensor]:
+    """f̃ of a single-vector tower from its plain f: for cosine (or a model ending with its own Normalize), the
+    embedding over its detached norm; f itself for a plain dot product."""
     if sim == "dot" and not encoder.normalized:
         return f
     if sim == "dot" and getattr(encoder, "truncate_dim", None):
@@ -177,6 +183,12 @@ class BiLRPJob(PathJob):
         return rules.applied(self.roots, self.rule, fused_attention=self.attn == "fused", bias=self.bias)
 
     around = rules_applied  # the passes run under the LRP rules
+
+    def packed_function(self, sides: list):
+        """F̃(x, rows) of several texts: the packed plain f under the same norm treatment as `modified_function`."""
+        enc = sides[0].encoder
+        F = enc.packed_function([s.tokens for s in sides], self.layer, normalize=False, own_norm=False)
+        return lambda x, rows: held_norm(enc, lambda y: F(y, rows), self.sim)(x)
 
     def path(self, side: Side) -> Path:
         """One step at x: gradient x input of the modified network (the tangent is x itself)."""

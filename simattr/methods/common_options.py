@@ -64,6 +64,11 @@ def path_options() -> list:
                doc_default="device share"),
         Option("internal_batch_size", None, "tangents x path nodes per chunk (default: the memory plan's)",
                integer(1, optional=True), cli=Cli(flag="--batch-size", type=int, dest="batch_size")),
+        Option("pack", True, "short texts' forward-mode passes share launches (rows of one padded batch: one "
+               "launch for many short texts); False: each text's passes alone, so its G does not depend on the "
+               "other texts of the job even in the last bit", boolean, in_key=True,
+               cli=Cli(flag="--no-pack", action="store_false", dest="pack",
+                       help="run each text's passes alone (no shared launches)")),
         Option("truncate", False, "cut texts over the model's maximum length (with a warning) instead of an error",
                boolean, in_key=True, cli=Cli(action="store_true")),
         Option("attention", "auto", "attention: 'fused' (Triton kernel, one launch for all tangents), 'eager', or "

@@ -351,6 +351,10 @@ class IJJob(PathJob):
         alphas, weights = self.nodes_of(side)
         return Path(side.f, side.r, side.delta, alphas, weights)
 
+    def packed_function(self, sides: list):
+        """F(x, rows) of several texts of one tower (their float64 re-runs: of its float64 copy)."""
+        return sides[0].encoder.packed_function([s.tokens for s in sides], self.layer, normalize=self.sim == "cosine")
+
     def pass_side(self, side: Side) -> Side:
         return self.wide.get(side.key, side)
 
