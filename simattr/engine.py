@@ -290,8 +290,10 @@ def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: 
     start, delta, tangent [1, S_t, H]; `capacity`: sequences (slots x rows) per launch.
 
     Row n of text t sees x = start_t + α_n delta_t padded with zeros to the longest text, whose padded positions
-    the mask takes out of attention and pooling: each G equals the text's own `forward_mode` up to rounding.
-    Returns (G's, launches)."""
+    the mask takes out of attention and pooling: each G equals the text's own `forward_mode` up to rounding —
+    unless a padded position goes non-finite (a query row with every key masked, as in a sliding window far
+    past the text's end: its NaN reaches the real rows as 0·NaN), which is a NumericalError here; the caller
+    then makes each text alone. Returns (G's, {launches, slots, rows: the most rows of one launch})."""
     S = max(p[0].shape[1] for p in paths)
     dtype, device = paths[0][0].dtype, paths[0][0].device
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -310,7 +312,7 @@ def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: 
     slots = max(1, max(len(a) for a in actives))
     x_all, rows_all, w_all = torch.cat(xs), torch.cat(texts), torch.cat(ws)
     per_launch = max(1, capacity // slots)
-    launches = 0
+    launches, most_rows = 0, 0
     with torch.no_grad():
         for r0 in range(0, len(rows_all), per_launch):
             rows = rows_all[r0:r0 + per_launch]
@@ -320,7 +322,7 @@ def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: 
                 T[:len(actives[t]), sel] = unit_tangents[t].unsqueeze(1)
             with named("jvp_packed"):
                 out = _batched_jvp(lambda x: F(x, rows), x_all[r0:r0 + per_launch], T)  # [slots, n, D]
-            launches += 1
+            launches, most_rows = launches + 1, max(most_rows, len(rows))
             w = w_all[r0:r0 + per_launch]
             for t in rows.unique().tolist():
                 sel = (rows == t).nonzero().flatten()
@@ -328,7 +330,7 @@ def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: 
                 Gs[t][:, idx] += torch.einsum("und,n->du", out[:len(idx), sel].to(acc), w[sel])
     for G in Gs:
         check_finite(G, "the attribution (G)")
-    return Gs, launches
+    return Gs, {"launches": launches, "slots": slots, "rows": most_rows}
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -363,6 +363,11 @@ class PairJob(Protocol):
         ...
 
 
+#: texts prepared together by a job that can (`Sides._batch`, `job.sides_batch`: BiLRP's hidden states and
+#: embeddings of short texts in three batched forward passes instead of three per text)
+SIDE_BATCH = 32
+
+
 class Sides:
     """The job's texts, prepared on demand (`job.side`) and kept up to `max_bytes` of tensors, least recently used
     dropped first, so a job of any size holds a bounded amount of them."""
@@ -375,15 +380,40 @@ class Sides:
         if t in self.kept:
             self.kept.move_to_end(t)
             return self.kept[t][0]
-        with named("prepare_text"):
-            side = self.job.side(*self.keys[t])
+        batch = self._batch(t)
+        made = None
+        if len(batch) > 1:
+            with named("prepare_texts"):
+                made = self.job.sides_batch(self.keys[t][0], [self.keys[u][1] for u in batch])
+        if made is None:
+            with named("prepare_text"):
+                batch, made = [t], [self.job.side(*self.keys[t])]
+        for u, side in zip(reversed(batch), reversed(made)):  # t kept last: the most recently used
+            self._keep(u, side)
+        return self.kept[t][0]
+
+    def _batch(self, t: int) -> list:
+        """t and the next texts of its tower not kept, to prepare together (`job.sides_batch`): at most
+        SIDE_BATCH texts, and [t] alone for a job that prepares one text at a time."""
+        if getattr(self.job, "sides_batch", None) is None or not getattr(self.job, "pack", False):
+            return [t]
+        tower = self.keys[t][0]
+        out = [t]
+        for u in range(t + 1, len(self.keys)):
+            if len(out) == SIDE_BATCH:
+                break
+            if u not in self.kept and self.keys[u][0] == tower:
+                out.append(u)
+        return out
+
+    def _keep(self, t: int, side):
         self.prepared += 1
         size = _nbytes(side)
         self.kept[t] = (side, size)
+        self.kept.move_to_end(t)
         self.bytes += size
         while self.bytes > self.max_bytes and len(self.kept) > 1:
             self.bytes -= self.kept.popitem(last=False)[1][1]
-        return side
 
     def drop(self, t: int):
         if t in self.kept:
@@ -469,8 +499,8 @@ class _Attributions:
     each reported in full once and as `reused` after, dropped with the text's side after its last pair.
 
     A short text's G is made together with those of the next texts due (`pack_for`: same packing key, within a
-    launch and little padding) in shared launches (`job.packed_attributions`); their time is charged to the pairs
-    that use them (`settle`)."""
+    launch and little padding) in shared launches (`job.packed_attributions`). What making a G took (its share of
+    a pack) is charged to the first pair that uses it (`settle`), wherever it was made."""
 
     def __init__(self, job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache]):
         self.job, self.p, self.sides, self.cache = job, p, sides, cache
@@ -485,28 +515,34 @@ class _Attributions:
         self.due = list(dict.fromkeys(due))
         self.position = {t: k for k, t in enumerate(self.due)}
         self.packing = {}  # text -> job.packing(side) (None: runs alone)
-        self.prepaid, self.overspent = {}, 0.0
+        self.cost = {}  # text -> seconds its G took (its share of a pack), until a pair is charged with them
+        self.making = 0.0  # seconds spent making G's so far (callers subtract what fell in their own window)
 
     def __call__(self, t: int):
-        if t not in self.G and self.p.items[t].cached:
+        if t in self.G:
+            return self.G[t]
+        t0 = time.perf_counter()
+        if self.p.items[t].cached and self.p.cache_keys[t] in self.cache:  # (the job's own puts may evict it)
             self.G[t], plan_t = self.cache.get(self.p.cache_keys[t])
             self.plans[t] = dict(plan_t, cached=True)
-        elif t not in self.G:
+        else:
             group = self.pack_for(t)
             if len(group) > 1:
-                t0 = time.perf_counter()
                 with named("attribution_packed"):
                     made = self.job.packed_attributions([self.sides[s] for s in group])
-                if made is not None:
+                if made is None:  # out of memory or not finite together: these texts run alone from now on
+                    for s in group:
+                        self.packing[s] = None
+                else:
                     share = (time.perf_counter() - t0) / len(group)
                     for s, (G, plan_s) in zip(group, made):
                         self._keep(s, G, plan_s)
-                        if s != t:
-                            self.prepaid[s] = share
-                            self.overspent += share
+                        self.cost[s] = share
             if t not in self.G:
                 with named("attribution"):
                     self._keep(t, *self.job.attribution(self.sides[t]))
+                self.cost[t] = time.perf_counter() - t0  # a failed pack's time included
+        self.making += time.perf_counter() - t0
         return self.G[t]
 
     def _keep(self, t: int, G, plan_t: dict):
@@ -547,11 +583,8 @@ class _Attributions:
         return group
 
     def settle(self, pair: tuple) -> float:
-        """Seconds to add to this pair's measured time: the shares of its texts made ahead in an earlier pair's
-        pack, less what this pair spent making other pairs' texts."""
-        extra = sum(self.prepaid.pop(t, 0.0) for t in set(pair)) - self.overspent
-        self.overspent = 0.0
-        return extra
+        """The seconds the G's of this pair's texts took, charged once (to the first pair that uses each)."""
+        return sum(self.cost.pop(t, 0.0) for t in set(pair))
 
     def plan_of(self, t: int, cross_plan: Optional[dict]):
         """The plan reported for text t in a pair: its G's (the first time in full, then `reused`), or the pair's
@@ -588,9 +621,10 @@ class _CrossRuns:
             other = self.p.known_and_other(k)[1]
             group = [q for q in self.by_other[other] if q >= k and q not in self.done]
             knowns = list(dict.fromkeys(self.p.known_and_other(q)[0] for q in group))
+            Gs = [self.made(t) for t in knowns]  # their time is charged by `made.settle`, not shared here
             t0 = time.perf_counter()
             refs = [self.job.reference_embedding(self.sides[t]) for t in knowns]
-            Ms, firsts, run_plan = _cross_run(self.job, [self.made(t) for t in knowns], self.sides[other], refs)
+            Ms, firsts, run_plan = _cross_run(self.job, Gs, self.sides[other], refs)
             share = (time.perf_counter() - t0) / len(group)
             M_of, first_of = dict(zip(knowns, Ms)), dict(zip(knowns, firsts))
             run_plan = dict(run_plan, pairs_in_run=len(group))
@@ -609,15 +643,16 @@ def execute(job: PairJob, p: JobPlan, sides: "Sides", cache: Optional[GCache], z
     made = _Attributions(job, p, sides, cache)
     crossed = _CrossRuns(job, p, sides, made)
     for k, ((i, j), how) in enumerate(zip(p.ids, p.pairs.how)):
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), made.making
         if how == "both":
             A, known, cross_plan, share = job.combine(sides[i], sides[j], made(i), made(j)), {}, None, 0.0
         else:
             A, known, cross_plan, share = crossed(k)
-            t0 = time.perf_counter()
+            t0, m0 = time.perf_counter(), made.making
         plans = [made.plan_of(t, cross_plan) for t in (i, j)]
         first = job.first_order(sides[i], sides[j], made.G.get(i), made.G.get(j), known)
-        seconds = max(0.0, time.perf_counter() - t0 + share + made.settle((i, j)))
+        # this pair's own time, its share of a cross run, and its texts' G's (charged once, wherever made)
+        seconds = time.perf_counter() - t0 - (made.making - m0) + share + made.settle((i, j))
         e = job.explanation(sides[i], sides[j], A, made.G.get(i), made.G.get(j), plans, seconds + p.setup_seconds,
                             first)
         if len(p.ids) > 1:

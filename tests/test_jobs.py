@@ -124,10 +124,11 @@ def test_query_against_documents_equals_pair_by_pair(explainer, monkeypatch, met
     assert len(many) == len(DOCS)
     for e1, em in zip(one, many):
         assert em.method == method and em.tokens_a == e1.tokens_a and em.tokens_b == e1.tokens_b
+        # float32 rounding: the job prepares and packs its texts in padded batches, the single pair alone
         np.testing.assert_allclose(em.matrix, e1.matrix, atol=1e-6)
-        assert em.score == pytest.approx(e1.score, abs=1e-7)
+        assert em.score == pytest.approx(e1.score, abs=1e-6)
         assert em.error == pytest.approx(e1.error, abs=1e-6)
-        assert em.terms == pytest.approx(e1.terms, abs=1e-7)
+        assert em.terms == pytest.approx(e1.terms, abs=1e-6)
     # the query's G once, not once per pair; the plans say which pairs reused it
     n_query = len(explainer.encoder_a.tokenize(Q).tokens)
     assert counts["attribution"].count(n_query) == 1

@@ -147,9 +147,13 @@ def test_sentence_transformers_head_and_prompt_pack_as_the_model_scores():
             assert x.score == pytest.approx(y.score, abs=1e-6)
 
 
-def test_out_of_memory_in_a_pack_falls_back_to_each_text_alone(explainer, monkeypatch):
+@pytest.mark.parametrize("failure", [
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
+    simattr.NumericalError("NaN or Inf in the attribution (G)"),  # e.g. a padded row with every key masked
+])
+def test_a_pack_out_of_memory_or_not_finite_falls_back_to_each_text_alone(explainer, monkeypatch, failure):
     def oom(*args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        raise failure
 
     want = list(explainer.explain_many(A, B, pack=False, **BILRP))
     monkeypatch.setattr(engine, "forward_mode_packed", oom)
@@ -188,3 +192,65 @@ def test_pack_choice_follows_the_order_of_use_and_the_waste_bound():
     assert made.pack_for(0) == [0, 1, 6]
     made.G[1] = "made"
     assert made.pack_for(0) == [0, 4]
+
+
+def test_bilrp_prepares_a_job_s_texts_in_batches(explainer, monkeypatch):
+    """BiLRP's hidden states and embeddings of a job's texts come from batched forward passes (`sides_batch`, up
+    to SIDE_BATCH texts of a tower at once), equal to each text prepared alone."""
+    from simattr.methods.bilrp import BiLRPJob
+    one, many = [], []
+    real_side, real_batch = BiLRPJob.side, BiLRPJob.sides_batch
+    monkeypatch.setattr(BiLRPJob, "side", lambda self, tower, text: one.append(text) or real_side(self, tower, text))
+    monkeypatch.setattr(BiLRPJob, "sides_batch",
+                        lambda self, tower, texts: many.append(len(texts)) or real_batch(self, tower, texts))
+    on = list(explainer.explain_many(A, B, method="bilrp"))
+    assert not one and sum(many) == len(A) + len(B) and len(many) <= 2  # a batch per tower
+    many.clear()
+    off = list(explainer.explain_many(A, B, method="bilrp", pack=False))
+    assert len(one) == len(A) + len(B) and not many
+    for x, y in zip(on, off):
+        np.testing.assert_allclose(x.matrix, y.matrix, atol=1e-6)
+        assert x.score == pytest.approx(y.score, abs=1e-6) and x.error == pytest.approx(y.error, rel=1e-4, abs=1e-7)
+
+
+def test_a_head_that_mixes_positions_never_packs():
+    """A sentence-transformers CNN reads neighbouring positions without the mask: padded rows would change a
+    text's embedding, so its texts run alone (`ROW_WISE_HEAD_MODULES`) and pack=True equals pack=False."""
+    st_lib = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer.modules import CNN, Pooling, Transformer
+    from simattr.encoders.loading import default_model_path
+    torch.manual_seed(0)
+    st = st_lib.SentenceTransformer(modules=[Transformer(str(default_model_path())),
+                                             CNN(384, out_channels=16, kernel_sizes=[3]), Pooling(16, "mean")],
+                                    device="cpu")
+    ex = simattr.Explainer(st)
+    for opts in (IJ, BILRP):
+        on = list(ex.explain_many(A, B, **opts))
+        assert not _packed_plans(on)
+        for x, y in zip(on, ex.explain_many(A, B, pack=False, **opts)):
+            np.testing.assert_allclose(x.matrix, y.matrix, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_each_g_s_time_is_charged_once(explainer, pack):
+    """Cross runs of short queries on one document: the pairs' seconds add up to the job's wall time (each G's
+    time, a pack's share included, charged to the first pair that uses it), never twice."""
+    import time
+    queries = ["cats", "dogs", "a bird", "it rains", "red car", "old man"]
+    doc = ["the old farmer is reading a long book about cats and dogs by the fire tonight while it rains outside"]
+    t0 = time.perf_counter()
+    es = list(explainer.explain_many(queries, doc, method="bilrp", mode="cross", pack=pack))
+    wall = time.perf_counter() - t0
+    seconds = [e.extras["seconds"] for e in es]
+    assert all(s >= 0 for s in seconds)
+    assert 0.5 * wall <= sum(seconds) <= 1.02 * wall, (seconds, wall)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_cached_g_evicted_during_the_job_is_made_again(pack):
+    """The plan counts a text's cached G as free; the job's own puts may evict it before its pair: then it is made."""
+    ex = simattr.Explainer(cache_size=4)
+    list(ex.explain_many(["q"], ["d1 here", "d2 there", "d3 again"], method="bilrp", mode="forward", pack=pack))
+    got = list(ex.explain_many(["n1", "n3", "q"], ["n2", "n4", "d1 here"], method="bilrp", mode="forward", pack=pack))
+    want = simattr.Explainer().explain("q", "d1 here", method="bilrp", mode="forward", pack=pack)
+    np.testing.assert_allclose(got[2].matrix, want.matrix, atol=1e-6)

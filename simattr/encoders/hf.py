@@ -33,6 +33,11 @@ def find_embeddings(model: nn.Module) -> nn.Module:
     raise SimattrError(f"cannot find the embedding module of {type(model).__name__} (no `.embeddings`)")
 
 
+#: sentence-transformers head modules that treat each row (and, for Pooling, each position under the mask) alone:
+#: texts of a head made only of these can run as rows of one padded batch (`Encoder.pack_key`)
+ROW_WISE_HEAD_MODULES = ("Pooling", "Dense", "Normalize", "LayerNorm", "Dropout", "Identity")
+
+
 class Encoder(BaseEncoder):
     """A Siamese tower: tokenizer + transformer + pooling (+ optional head modules).
 
@@ -145,8 +150,13 @@ class Encoder(BaseEncoder):
 
     def pack_key(self, tokens: Tokens):
         """What texts must share to run as rows of one padded batch (`packed_function`): this encoder, the prompt
-        length its pooling reads and the model inputs it takes; None for a text that cannot be packed."""
+        length its pooling reads and the model inputs it takes; None for a text that cannot be packed — and for
+        every text of a head with a module that may mix positions without the mask (a CNN, an LSTM, anything
+        not in ROW_WISE_HEAD_MODULES: padded positions would reach the real ones)."""
         if tokens.expansion is not None or tokens.scoring is not None:
+            return None
+        if self.head is not None and not (isinstance(self.head, nn.Sequential) and all(
+                type(m).__name__ in ROW_WISE_HEAD_MODULES for m in self.head)):
             return None
         return (id(self), tokens.prompt_length, tuple(sorted(tokens.extra)))
 
@@ -155,6 +165,20 @@ class Encoder(BaseEncoder):
         """F(x, rows): f of several texts in one batch. x [N, S, H] with S the longest text's length; row n is text
         rows[n], right-padded (its padded positions masked out of attention and pooling, so they change nothing).
         The texts must share `pack_key`."""
+        packed = self.packed_tokens(tokens_list)
+        run = self._substituted(layer)
+
+        def F(x: Tensor, rows: Tensor) -> Tensor:
+            tokens = dataclasses.replace(packed, input_ids=packed.input_ids[rows],
+                                         attention_mask=packed.attention_mask[rows],
+                                         extra={k: v[rows] for k, v in packed.extra.items()})
+            return self._output(run(x, tokens), tokens, normalize, own_norm)
+
+        return F
+
+    def packed_tokens(self, tokens_list: list) -> Tokens:
+        """The texts as the rows of one batch: ids, mask and model inputs [R, S] right-padded to the longest (the
+        pad token, mask 0); the rest as the first text's. The texts must share `pack_key`."""
         if len({self.pack_key(t) for t in tokens_list}) != 1 or self.pack_key(tokens_list[0]) is None:
             raise SimattrError("texts of different pack keys cannot run as one batch")
         S = max(t.length for t in tokens_list)
@@ -163,17 +187,9 @@ class Encoder(BaseEncoder):
         def stack(get, fill):
             return torch.cat([nn.functional.pad(get(t), (0, S - t.length), value=fill) for t in tokens_list])
 
-        ids = stack(lambda t: t.input_ids, pad)
-        mask = stack(lambda t: t.attention_mask, 0)
-        extra = {k: stack(lambda t: t.extra[k], 0) for k in tokens_list[0].extra}
-        run = self._substituted(layer)
-
-        def F(x: Tensor, rows: Tensor) -> Tensor:
-            tokens = dataclasses.replace(tokens_list[0], input_ids=ids[rows], attention_mask=mask[rows],
-                                         extra={k: v[rows] for k, v in extra.items()})
-            return self._output(run(x, tokens), tokens, normalize, own_norm)
-
-        return F
+        return dataclasses.replace(tokens_list[0], input_ids=stack(lambda t: t.input_ids, pad),
+                                   attention_mask=stack(lambda t: t.attention_mask, 0),
+                                   extra={k: stack(lambda t: t.extra[k], 0) for k in tokens_list[0].extra})
 
     def _substituted(self, layer: int) -> Callable[[Tensor, Tokens], Tensor]:
         """run(x, tokens): the last hidden states with the input of block `layer` replaced by x [N, S, H] (a forward

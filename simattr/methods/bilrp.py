@@ -203,17 +203,51 @@ class BiLRPJob(PathJob):
     def side(self, tower: int, text: str) -> Side:
         enc = self.encoders[tower]
         s = prepare_side(enc, text, self.layer, self.units[tower], self.sim, self.truncate)
-        D = self.embedding_size(s.fx)
         s.f = modified_function(enc, s.tokens, self.layer, self.sim)
         with self.rules_applied() as state:
             state.counter.reset()
             with torch.no_grad():
                 s.fmod = s.f(s.x)[0]
             state.check_attention(enc.num_layers)
+        return self._checked(enc, s)
+
+    def _checked(self, enc: Encoder, s: Side) -> Side:
+        D = self.embedding_size(s.fx)
         check_value(s.fmod, s.fx)
         s.shape = engine.Shape.of(enc, s.tokens.length, s.x.shape[-1], D, s.x.dtype)
         s.shape.fused_attention = self.attn == "fused"
         return s
+
+    def sides_batch(self, tower: int, texts: list) -> Optional[list]:
+        """Several texts of one tower prepared as the rows of one padded batch (`Encoder.packed_tokens`): their
+        hidden states, plain and modified embeddings in three forward passes instead of three per text (what
+        `side` computes, up to rounding); None when they do not share a packing key (the caller prepares each)."""
+        enc = self.encoders[tower]
+        if not self.pack:
+            return None
+        toks = [enc.tokenize(t, truncate=self.truncate) for t in texts]
+        keys = {enc.pack_key(t) for t in toks}
+        if len(keys) != 1 or None in keys:
+            return None
+        enc.check_layer(self.layer)
+        X = enc.hidden(enc.packed_tokens(toks), self.layer)  # [R, S, H]
+        rows = torch.arange(len(toks), device=X.device)
+        with torch.no_grad():
+            FX = enc.packed_function(toks, self.layer, normalize=self.sim == "cosine")(X, rows)
+            plain = enc.packed_function(toks, self.layer, normalize=False, own_norm=False)
+            with self.rules_applied() as state:
+                state.counter.reset()
+                FMOD = held_norm(enc, lambda y: plain(y, rows), self.sim)(X)
+                state.check_attention(enc.num_layers)
+        real = [X[k, :t.length] for k, t in enumerate(toks)]
+        if not all(bool(torch.isfinite(v).all()) for v in [FX, FMOD] + real):
+            return None  # a padded row went non-finite (`engine.forward_mode_packed`): each text alone says which
+        out = []
+        for k, tok in enumerate(toks):
+            s = Side(enc, tok, X[k:k + 1, :tok.length].clone(), make_units(tok, self.units[tower]), FX[k])
+            s.f, s.fmod = modified_function(enc, tok, self.layer, self.sim), FMOD[k]
+            out.append(self._checked(enc, s))
+        return out
 
     def item(self, side: Side) -> jobs.Item:
         return jobs.Item(len(side.units), side.tokens.length)

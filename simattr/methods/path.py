@@ -20,14 +20,15 @@ import torch
 from torch import Tensor
 
 from .. import engine, jobs
-from ..errors import SimattrError
+from ..errors import NumericalError, SimattrError
 from ..options import side as side_value
 
 
 #: a text's forward-mode passes share launches with other texts only when they fill less than 1 / PACK_BELOW of
-#: one (`PathJob.packing`): on the CPU (1024 tokens a launch) that is below ~25 sequences of 10 tokens, where the
-#: per-launch cost dominates (BiLRP, 1.31x on 32 short pairs); IJ at 4 steps (32-40 sequences a text) gained
-#: nothing there from packs of 2.8 texts (0.96x: the padding took what the larger launches saved)
+#: one (`PathJob.packing`): on the CPU (1024 tokens a launch) below ~25 sequences of 10 tokens, where the
+#: per-launch cost dominates. Measured on 32 short pairs (benchmarks/RESULTS.md): with PACK_BELOW = 2 and 1.5x
+#: padding IJ at 4 steps packed 2.8 texts a launch and gained nothing (0.96x: the padding took what the larger
+#: launches saved); with 4 and 1.25x, BiLRP 1.23x, IJ at 4 steps 1.06x (28 of 64 texts packed)
 PACK_BELOW = 4
 
 
@@ -361,7 +362,8 @@ class PathJob(abc.ABC):
 
     def packed_attributions(self, sides: list) -> Optional[list]:
         """[(G, plan dict)] of several texts of one `packing` key in shared launches (`engine.forward_mode_packed`);
-        None when they ran out of memory together (the caller then makes each alone, chunked to the budget)."""
+        None when they ran out of memory together or a G is not finite (the caller then makes each alone, chunked
+        to the budget, where a text's own NaN is its error)."""
         sides = [self.pass_side(s) for s in sides]
         paths = [self.path(s) for s in sides]
         S = max(s.tokens.length for s in sides)
@@ -369,9 +371,11 @@ class PathJob(abc.ABC):
         capacity = self.launch_capacity(sides[0], S)
         try:
             with self.around():
-                Gs, launches = engine.forward_mode_packed(
+                Gs, ran = engine.forward_mode_packed(
                     F, [(p.start, p.delta, p.alphas, p.weights, p.tangent) for p in paths],
                     [s.units.matrix for s in sides], sides[0].shape.out_dim, capacity)
+        except NumericalError:
+            return None  # non-finite through a padded row (or one text's own): each text alone says which
         except Exception as exc:  # noqa: BLE001  (only allocation failures are handled)
             if not engine.out_of_memory(exc):
                 raise
@@ -379,12 +383,16 @@ class PathJob(abc.ABC):
                 torch.cuda.empty_cache()
             return None
         out = []
+        shape = dataclasses.replace(sides[0].shape, seq=S, fused_attention=False)
         for s, path, G in zip(sides, paths, Gs):
             p = self._plan(s, path)
             p.skipped_units = len(s.units) - len(engine.active_units(
                 s.units.matrix, path.delta if path.tangent is None else path.tangent))
-            p.reason += f"; packed: {len(sides)} texts in {launches} launch(es) of {S}-token rows"
-            out.append((G, dict(p.as_dict(), packed={"texts": len(sides), "launches": launches, "tokens": S})))
+            # what ran: tangent slots x rows (nodes of all the pack's texts) per launch of S-token rows
+            p.unit_chunk, p.node_chunk = ran["slots"], ran["rows"]
+            p.estimated_bytes = ran["slots"] * ran["rows"] * shape.forward_element()
+            p.reason += f"; packed: {len(sides)} texts in {ran['launches']} launch(es) of {S}-token rows"
+            out.append((G, dict(p.as_dict(), packed={"texts": len(sides), "launches": ran["launches"], "tokens": S})))
         return out
 
     def cross(self, Gs: list, other):
