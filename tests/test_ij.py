@@ -143,6 +143,19 @@ def test_a_float32_path_that_stalls_is_rerun_in_float64(explainer):
     np.testing.assert_allclose(cross.matrix, e.matrix, atol=1e-9)
 
 
+def test_a_float32_rule_out_of_nodes_is_retried_in_float64_too(explainer):
+    """Unmet within max_steps without stalling (too few refinements to tell): tried in float64 as well — on MPNet's
+    layer 0 such a text met its target there — and the better rule kept, the result saying what was tried."""
+    e = explainer.explain(A, B, tol=1e-7, max_steps=21)  # 3 intervals of 7 nodes at most: out of nodes, not stalled
+    for side in e.extras["nodes_per_side"]:
+        assert not side["met"]
+        tried = side.get("retried_from") or side.get("retried")
+        assert tried is not None and "float" in (tried.get("dtype") or "")
+    kept = simattr.Explainer(explainer.encoder_a).explain(A, B, tol=1e-7, max_steps=21, retry_float64=False)
+    assert all("retried" not in s and "retried_from" not in s for s in kept.extras["nodes_per_side"])
+    assert all(not s["stalled"] for s in kept.extras["nodes_per_side"])
+
+
 def test_without_the_float64_rerun_a_stalled_path_says_what_to_do(explainer):
     with pytest.warns(UserWarning, match="retry_float64=True or dtype float64"):
         e = explainer.explain(A, B, layer=4, tol=1e-9, retry_float64=False)
