@@ -157,9 +157,7 @@ def plan(n_units: int, n_nodes: int, shape: Shape, mode: str = "auto", budget: O
         reason = "forced by the caller"
     if mode == "forward":
         per = shape.forward_element()
-        elems = batch_size or max(1, budget // per)
-        if batch_size is None and torch.device(device).type == "cpu":
-            elems = min(elems, max(1, CPU_FORWARD_TOKENS // shape.seq))
+        elems = batch_size or _forward_sequences(shape, budget, device, CPU_FORWARD_TOKENS)
         u_c = max(1, min(n_units, elems))
         n_c = max(1, min(n_nodes, elems // u_c))
         est = u_c * n_c * per
@@ -277,9 +275,14 @@ def pack_capacity(shape: Shape, budget: int, device) -> int:
     """Forward-mode sequences (tangent x node pairs of `shape`'s length) one launch of packed texts takes: what
     the budget holds, and on the CPU at most `CPU_PACK_TOKENS` tokens (past them a launch is no cheaper per
     sequence); on a GPU the budget's (a launch of short texts is far from filling it)."""
+    return _forward_sequences(shape, budget, device, CPU_PACK_TOKENS)
+
+
+def _forward_sequences(shape: Shape, budget: int, device, cpu_tokens: int) -> int:
+    """(tangent, node) sequences of `shape` the budget holds in forward mode, on the CPU at most cpu_tokens tokens."""
     elems = max(1, budget // shape.forward_element())
     if torch.device(device).type == "cpu":
-        elems = min(elems, max(1, CPU_PACK_TOKENS // shape.seq))
+        elems = min(elems, max(1, cpu_tokens // shape.seq))
     return int(elems)
 
 
@@ -317,15 +320,14 @@ def forward_mode_packed(F: Callable, paths: list, unit_matrices: list, out_dim: 
         for r0 in range(0, len(rows_all), per_launch):
             rows = rows_all[r0:r0 + per_launch]
             T = x_all.new_zeros(slots, len(rows), S, x_all.shape[-1])
-            for t in rows.unique().tolist():
-                sel = (rows == t).nonzero().flatten()
+            texts_here = [(t, (rows == t).nonzero().flatten()) for t in rows.unique().tolist()]
+            for t, sel in texts_here:
                 T[:len(actives[t]), sel] = unit_tangents[t].unsqueeze(1)
             with named("jvp_packed"):
                 out = _batched_jvp(lambda x: F(x, rows), x_all[r0:r0 + per_launch], T)  # [slots, n, D]
             launches, most_rows = launches + 1, max(most_rows, len(rows))
             w = w_all[r0:r0 + per_launch]
-            for t in rows.unique().tolist():
-                sel = (rows == t).nonzero().flatten()
+            for t, sel in texts_here:
                 idx = actives[t]
                 Gs[t][:, idx] += torch.einsum("und,n->du", out[:len(idx), sel].to(acc), w[sel])
     for G in Gs:

@@ -177,6 +177,11 @@ class Path:
     weights: Sequence[float]
     tangent: Optional[Tensor] = None
 
+    @property
+    def pushed(self) -> Tensor:
+        """The tangent whose unit blocks are pushed through (delta where none is given)."""
+        return self.delta if self.tangent is None else self.tangent
+
 
 class PathJob(abc.ABC):
     """A path method's job (one pair or many, one set of options) as the hooks of `simattr.jobs.run`."""
@@ -350,7 +355,7 @@ class PathJob(abc.ABC):
         key = side.encoder.pack_key(side.tokens)
         if key is None or type(self).packed_function is PathJob.packed_function or self._plan(side, path).mode != "forward":
             return None
-        units = len(engine.active_units(side.units.matrix, path.delta if path.tangent is None else path.tangent))
+        units = len(engine.active_units(side.units.matrix, path.pushed))
         if PACK_BELOW * units * len(path.alphas) > self.launch_capacity(side, side.tokens.length):
             return None
         return (key, side.x.dtype, str(side.x.device)), units, len(path.alphas), side.tokens.length
@@ -386,8 +391,7 @@ class PathJob(abc.ABC):
         shape = dataclasses.replace(sides[0].shape, seq=S, fused_attention=False)
         for s, path, G in zip(sides, paths, Gs):
             p = self._plan(s, path)
-            p.skipped_units = len(s.units) - len(engine.active_units(
-                s.units.matrix, path.delta if path.tangent is None else path.tangent))
+            p.skipped_units = len(s.units) - len(engine.active_units(s.units.matrix, path.pushed))
             # what ran: tangent slots x rows (nodes of all the pack's texts) per launch of S-token rows
             p.unit_chunk, p.node_chunk = ran["slots"], ran["rows"]
             p.estimated_bytes = ran["slots"] * ran["rows"] * shape.forward_element()
