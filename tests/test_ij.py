@@ -121,6 +121,25 @@ def test_a_tolerance_out_of_reach_is_reported_not_hidden(explainer):
     assert "above tol" in e.extras["warnings"][0]
 
 
+def test_a_pair_within_tol_by_cancellation_is_not_converged(explainer):
+    """Each text's rule has the error target that meets tol with any partner; a pair can meet tol while a text's
+    rule falls short (its error vector nearly orthogonal to the partner's Δf — MPNet layer 0, the ~32-token pair):
+    the result says so, not "converged"."""
+    e0 = explainer.explain(A, B, tol=1e-9, max_steps=14, retry_float64=False)
+    norms = [side["error_norm"] for side in e0.extras["nodes_per_side"]]
+    tol = 2 * e0.error
+    assert tol / 4.04 < min(norms)  # the precondition: both rules short of tol's target, the pair within tol
+    with pytest.warns(UserWarning, match="by cancellation") as caught:
+        e = explainer.explain(A, B, tol=tol, max_steps=14, retry_float64=False)
+    assert e.error <= tol and e.extras["converged"] is False
+    assert [side["met"] for side in e.extras["nodes_per_side"]] == [False, False]
+    assert e.extras["steps_used"] == e0.extras["steps_used"]
+    assert "text a's" in str(caught[0].message) and "text b's" in str(caught[0].message)
+    assert "raise max_steps" in e.extras["warnings"][0] and "NOT CONVERGED" in e.format()
+    fine = explainer.explain(A, B, tol=tol)  # within the budget both rules meet the target: converged, no warning
+    assert fine.extras["converged"] is True and "warnings" not in fine.extras
+
+
 def test_a_float32_path_that_stalls_is_rerun_in_float64(explainer):
     """Below float32's resolution (tol 1e-9 at layer 4) more nodes stop helping: the rule stalls, the text is re-run
     in a float64 copy of the model, which meets the tolerance; the user's model stays float32 and untouched."""

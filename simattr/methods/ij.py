@@ -190,7 +190,7 @@ OPTIONS = Options("ij", [
     Option("tol", DEFAULT_TOL, "completeness tolerance of steps='auto' (absolute, on the similarity's scale)",
            positive_number, in_key=True, cli=Cli(type=float)),
     Option("max_steps", DEFAULT_MAX_STEPS, "most path nodes per text under steps='auto'; a pair that does not reach "
-           "tol within it is reported as not converged", integer(1), in_key=True, cli=Cli(type=int)),
+           "tol within it, or whose texts' rules do not reach their targets, is reported as not converged", integer(1), in_key=True, cli=Cli(type=int)),
     Option("retry_float64", True, "under steps='auto', a text whose float32 rule does not meet its target (it "
            "stalls, or max_steps runs out) is re-run in a float64 copy of the model; the better rule is kept",
            boolean, in_key=True,
@@ -380,12 +380,16 @@ class IJJob(PathJob):
         adaptive = self.rule == quad.ADAPTIVE
         steps_used = [len(self.nodes_of(s)[0]) for s in (a, b)]
         auto = self.steps == "auto"
-        converged = error <= self.tol if auto else None
+        infos = [self.node_sets[s.key][2] for s in (a, b)] if adaptive else []
+        unmet = [i for i, info in enumerate(infos) if not info["met"]]
+        # converged: the pair's completeness within tol and, under adaptive nodes, each text's rule within the
+        # target that makes it meet tol with any partner (a pair can meet tol by cancellation alone)
+        converged = (error <= self.tol and not unmet) if auto else None
         notes = []
         if auto and not converged:
-            infos = [self.node_sets[s.key][2] for s in (a, b)] if adaptive else []
-            stalled = any(i["stalled"] for i in infos)
-            wide = any(i["dtype"] == "float64" for i in infos)
+            short = [infos[i] for i in unmet] or infos
+            stalled = any(i["stalled"] for i in short)
+            wide = any(i["dtype"] == "float64" for i in short)
             if stalled and not wide:
                 hint = ("its error stopped falling as nodes were added: the path passes a near-singular point of "
                         f"the model that {str(a.x.dtype).replace('torch.', '')} cannot resolve — use "
@@ -394,8 +398,16 @@ class IJJob(PathJob):
                 hint = "its error stopped falling even in float64: attribute at a later layer or use another reference"
             else:
                 hint = "raise max_steps, or attribute at a later layer"
-            notes.append(f"IJ completeness error {error:.2e} is above tol={self.tol:g} within max_steps="
-                         f"{self.max_steps} (nodes used {steps_used[0]} and {steps_used[1]}): {hint}")
+            if error <= self.tol:  # a text's rule short of its target, the pair's sum within tol by cancellation
+                which = " and ".join(f"text {'ab'[i]}'s ({infos[i]['error_norm']:.2e} > {infos[i]['target']:.2e} at "
+                                     f"{infos[i]['nodes']} nodes, {infos[i]['dtype']})" for i in unmet)
+                notes.append(f"IJ completeness error {error:.2e} is within tol={self.tol:g}, but the path rule of "
+                             f"{which} did not reach the error target that guarantees tol within max_steps="
+                             f"{self.max_steps}: the pair met tol by cancellation, the matrix is less certain than "
+                             f"tol says — {hint}")
+            else:
+                notes.append(f"IJ completeness error {error:.2e} is above tol={self.tol:g} within max_steps="
+                             f"{self.max_steps} (nodes used {steps_used[0]} and {steps_used[1]}): {hint}")
         elif relative > WARN_RELATIVE_ERROR:
             notes.append(f"IJ completeness error {error:.2e} is {100 * relative:.1f}% of the score (above "
                          f"{100 * WARN_RELATIVE_ERROR:g}%): use steps='auto' or more steps")
