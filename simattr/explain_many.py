@@ -5,7 +5,10 @@ JSON-lines file (`simattr.outputs`), a progress bar, and a summary.
 
 Exactly once: an id is skipped only when its row is in a finished part (or line), and a part is whole or absent,
 so a job killed at any moment and resumed writes every id of its share once, with the values an uninterrupted run
-gives (the rows do not depend on the batching: each pair's explanation is its own).
+gives (the rows do not depend on the batching: each pair's explanation is its own — except where a setting makes
+a text's IJ path nodes depend on its partners: under steps='auto', sim='dot' places each text's nodes for its
+largest partner in the batch, and a fixed quadrature takes one step count for the batch's worst pair; every pair
+still meets tol).
 """
 from __future__ import annotations
 

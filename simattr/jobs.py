@@ -338,6 +338,9 @@ class PairJob(Protocol):
     def combine(self, side_a, side_b, G_a, G_b):
         """A [U_a, U_b] of a pair from its two G's (G_aᵀ G_b for a dot product)."""
 
+    def release(self, tower: int, text: str):
+        """Optional: the text's last pair of the job is done; drop what the job holds for it."""
+
     def reference_embedding(self, side):
         """f(r) of a text for the partner's first-order terms (None: no reference; one more cotangent in a cross
         run otherwise)."""
@@ -601,6 +604,9 @@ class _Attributions:
             if self.remaining[t] == 0:
                 self.G.pop(t, None)
                 self.sides.drop(t)
+                release = getattr(self.job, "release", None)  # what the job holds for the text (IJ: float64 side)
+                if release is not None:
+                    release(*self.sides.keys[t])
 
 
 class _CrossRuns:

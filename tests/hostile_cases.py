@@ -77,6 +77,7 @@ CLI = [
     ("tol inf", [*EXPLAIN, "--tol", "inf"], "error"),
     ("tol abc", [*EXPLAIN, "--tol", "abc"], "error"),
     ("max-steps 0", [*EXPLAIN, "--max-steps", "0"], "error"),
+    ("max-steps 3 (below one adaptive interval)", [*EXPLAIN, "--max-steps", "3"], "error"),
     ("batch-size 0", [*EXPLAIN, *FAST, "--batch-size", "0"], "error"),
     ("quadrature nope", [*EXPLAIN, *FAST, "--quadrature", "nope"], "error"),
     # layers, lengths, units
@@ -265,6 +266,7 @@ API = [
     ("tol nan", _ex(tol=math.nan), "error"),
     ("tol inf", _ex(tol=math.inf), "error"),
     ("max_steps 0", _ex(max_steps=0), "error"),
+    ("max_steps 4 under auto, fixed rule", _ex(max_steps=4, quadrature="riemann_midpoint"), "error"),
     ("max_memory inf", _ex(max_memory=math.inf, **STEPS), "error"),
     ("max_memory nan", _ex(max_memory=math.nan, **STEPS), "error"),
     ("max_memory 0", _ex(max_memory=0, **STEPS), "error"),

@@ -335,3 +335,85 @@ def test_cross_mode_equals_per_side(explainer):
         assert cross.error == pytest.approx(per_side.error, abs=1e-6)
     forced = explainer.explain(A, B, steps=4, mode="cross")
     np.testing.assert_allclose(forced.matrix, explainer.explain(A, B, steps=4).matrix, atol=1e-6)
+
+
+GUITAR = "A man is playing a guitar."
+
+
+def test_a_converged_pair_with_a_small_score_does_not_warn(explainer):
+    """Under steps="auto" tol is the promise: a pair within it does not warn that its error is a large share of a
+    near-zero score (nor tell the user to use steps='auto', which they did)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        e = explainer.explain(GUITAR, "The stock market fell sharply today.", tol=0.05)
+    assert e.extras["converged"] is True and abs(e.score) < 0.1 and e.error <= 0.05
+    assert e.extras["relative_error"] > 0.01 and "warnings" not in e.extras  # the case the warning used to hit
+    with pytest.warns(UserWarning, match="of the score"):  # a fixed count still warns above 1% of the score
+        explainer.explain(GUITAR, "The stock market fell sharply today.", steps=2)
+
+
+def test_max_steps_bounds_a_fixed_rule_under_auto_and_the_adaptive_rule_needs_one_interval(explainer):
+    with pytest.warns(UserWarning, match="doubles its steps up to max_steps"):
+        e = explainer.explain(A, B, steps="auto", quadrature="gauss_legendre", tol=1e-9, max_steps=20)
+    assert e.extras["steps_used"] == [16, 16] and [h["steps"] for h in e.extras["steps_history"]] == [8, 16]
+    assert e.extras["converged"] is False
+    with pytest.raises(simattr.SimattrError, match="below the first step count 8"):
+        explainer.explain(A, B, steps="auto", quadrature="riemann_midpoint", max_steps=4)
+    with pytest.raises(simattr.SimattrError, match="first interval of 7 nodes"):
+        explainer.explain(A, B, max_steps=6)
+    assert explainer.explain(A, B, steps=4, max_steps=2).extras["steps_used"] == [4, 4]  # a fixed count: unused
+    one = explainer.explain(A, B, tol=1e-9, max_steps=7, retry_float64=False)
+    assert one.extras["steps_used"] == [7, 7]
+
+
+def test_a_float64_rerun_that_did_not_help_is_not_suggested(explainer, monkeypatch):
+    """A stalled float32 rule whose float64 re-run got no closer keeps float32 (`retried.used` false); the hint does
+    not tell the user to turn on the re-run they had."""
+    from simattr.methods import ij
+    real = ij.adaptive_rule
+
+    def no_better_in_float64(side, target, max_nodes, budget, order=None):
+        if side.x.dtype != torch.float64:
+            return real(side, target, max_nodes, budget, order)
+        al, w, info = real(side, target, 7, budget, order)
+        return al, w, dict(info, error_norm=1.0, met=False)
+
+    monkeypatch.setattr(ij, "adaptive_rule", no_better_in_float64)
+    with pytest.warns(UserWarning, match="a float64 re-run did not get closer") as caught:
+        e = explainer.explain(A, B, layer=4, tol=1e-9)
+    assert not any("retry_float64=True" in str(w.message) for w in caught)
+    for side in e.extras["nodes_per_side"]:
+        assert side["dtype"] == "float32" and side["stalled"] and side["retried"]["used"] is False
+
+
+def test_factors_are_copies_not_the_cached_G():
+    """return_factors hands out arrays the caller may write to: not the float64 G the cache and the job hold."""
+    ex = simattr.Explainer(dtype="float64", cache_size=8)
+    first = ex.explain(A, B, steps=4, return_factors=True)
+    total = first.matrix.sum()
+    first.factors["a"][:] = 0.0
+    first.factors["b"][:] = 0.0
+    again = ex.explain(A, B, steps=4)
+    assert again.extras["plans"][0].get("cached") and again.matrix.sum() == pytest.approx(total, abs=1e-12)
+
+
+def test_a_float64_side_is_released_with_its_last_pair(explainer, monkeypatch):
+    """The float64 re-run of a text (hidden states and reference in float64) lives until the text's last pair of
+    the job is done, not to the end of the job."""
+    from simattr.methods import ij
+    held = []
+    real = ij.IJJob.release
+
+    def release(self, tower, text):
+        before = set(self.wide)
+        real(self, tower, text)
+        held.append((text, len(before), len(self.wide)))
+
+    monkeypatch.setattr(ij.IJJob, "release", release)
+    C = "A woman slices a tomato."
+    rows = explainer.explain_many([A, A, C], [B, C, B], layer=4, tol=1e-9)
+    assert all(r.extras["converged"] for r in rows)
+    widths = {text: (before, after) for text, before, after in held}
+    assert set(widths) == {A, B, C} and all(after < before for before, after in widths.values())
+    assert held[-1][2] == 0  # every float64 side gone once the job's pairs are done

@@ -128,7 +128,7 @@ DEFAULT_MAX_STEPS = 512
 ADAPTIVE_ORDER = 3
 #: refinements without halving the error after which an unmet rule counts as stalled (precision, not nodes)
 STALL_REFINEMENTS = 8
-#: a warning is given when the completeness error exceeds this share of |s(a, b)| (and, under steps="auto", tol)
+#: a fixed-step result warns when its completeness error exceeds this share of |s(a, b)| (steps="auto": above tol)
 WARN_RELATIVE_ERROR = 0.01
 
 
@@ -187,10 +187,15 @@ def _reference(v):
 OPTIONS = Options("ij", [
     Option("steps", "auto", "'auto': path nodes placed per text until the completeness error is under tol; or a "
            "fixed number of steps", steps_option, in_key=True, aliases=("n_steps",), cli=Cli(type=_cli_steps)),
-    Option("tol", DEFAULT_TOL, "completeness tolerance of steps='auto' (absolute, on the similarity's scale)",
+    Option("tol", DEFAULT_TOL, "completeness tolerance of steps='auto' (absolute, on the similarity's scale); "
+           "under cosine a text's nodes depend on the text alone, under dot on its largest partner in the job, and a "
+           "fixed quadrature's step count on the job's worst pair (so there, a batch's rows can differ from "
+           "pair-by-pair ones within tol)",
            positive_number, in_key=True, cli=Cli(type=float)),
-    Option("max_steps", DEFAULT_MAX_STEPS, "most path nodes per text under steps='auto'; a pair that does not reach "
-           "tol within it, or whose texts' rules do not reach their targets, is reported as not converged", integer(1), in_key=True, cli=Cli(type=int)),
+    Option("max_steps", DEFAULT_MAX_STEPS, "most path nodes per text under steps='auto' (the adaptive rule: 7 per "
+           "interval, at least 7; a fixed quadrature doubles 8, 16, ... 256 up to it); a pair that "
+           "does not reach tol within it, or whose texts' rules do not reach their targets, is reported as not "
+           "converged", integer(1), in_key=True, cli=Cli(type=int)),
     Option("retry_float64", True, "under steps='auto', a text whose float32 rule does not meet its target (it "
            "stalls, or max_steps runs out) is re-run in a float64 copy of the model; the better rule is kept",
            boolean, in_key=True,
@@ -225,6 +230,16 @@ class IJJob(PathJob):
             raise SimattrError(f"quadrature {quad.ADAPTIVE!r} places its own nodes: it needs steps='auto', got "
                                f"steps={steps!r}")
         self.max_steps, self.retry_float64 = o.max_steps, o.retry_float64
+        first = 2 * ADAPTIVE_ORDER + 1  # the adaptive rule's first interval: its Kronrod nodes
+        if self.rule == quad.ADAPTIVE and self.max_steps < first:
+            raise SimattrError(f"max_steps={self.max_steps} is below the adaptive rule's first interval of {first} "
+                               f"nodes (each refinement adds {first} more): use max_steps >= {first}, or steps=N "
+                               "for a fixed count")
+        if steps == "auto" and self.rule != quad.ADAPTIVE and self.max_steps < quad.AUTO_SCHEDULE[0]:
+            raise SimattrError(f"max_steps={self.max_steps} is below the first step count {quad.AUTO_SCHEDULE[0]} "
+                               f"that steps='auto' tries with quadrature {self.rule!r} (it doubles: "
+                               f"{', '.join(map(str, quad.AUTO_SCHEDULE))}): use max_steps >= "
+                               f"{quad.AUTO_SCHEDULE[0]}, or steps=N")
         self.refs = (side_value(o.reference, 0), side_value(o.reference, 1))
         self.reference = o.reference
         self.steps, self.exact, self.tol, self.attention = steps, o.exact, o.tol, o.attention
@@ -312,7 +327,8 @@ class IJJob(PathJob):
         steps = self.steps
         if steps == "auto":
             forms = {(i, j): self.form(sides[i], sides[j]) for i, j in pair_ids} if self.late else None
-            steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget, forms=forms)
+            schedule = tuple(n for n in quad.AUTO_SCHEDULE if n <= self.max_steps)
+            steps, self.history = choose_steps(sides, pair_ids, self.rule, self.tol, self.budget, schedule, forms)
         self.n_steps = int(steps)
         self.alphas, self.weights = quad.nodes(self.rule, self.n_steps)
 
@@ -343,6 +359,10 @@ class IJJob(PathJob):
         rule[2]["retried_from"] = first
         rule[2]["probe_evaluations"] += narrow[2]["probe_evaluations"]
         return rule
+
+    def release(self, tower: int, text: str):
+        """The text's last pair of the job is done: its float64 re-run side (hidden states, reference) goes."""
+        self.wide.pop((self.tower_key(tower), text), None)
 
     def nodes_of(self, side: Side):
         """(alphas, weights) of `side`'s path: its adaptive nodes, or the job's fixed rule."""
@@ -390,7 +410,14 @@ class IJJob(PathJob):
             short = [infos[i] for i in unmet] or infos
             stalled = any(i["stalled"] for i in short)
             wide = any(i["dtype"] == "float64" for i in short)
-            if stalled and not wide:
+            tried = any("retried" in i for i in short)  # float64 tried, no better: the float32 rule kept
+            if not adaptive:
+                hint = (f"{self.rule} doubles its steps up to max_steps ({steps_used[0]} tried last): raise "
+                        "max_steps, or use the adaptive default (quadrature='auto')")
+            elif stalled and tried:
+                hint = ("its error stopped falling as nodes were added, and a float64 re-run did not get closer: "
+                        "attribute at a later layer or use another reference")
+            elif stalled and not wide:
                 hint = ("its error stopped falling as nodes were added: the path passes a near-singular point of "
                         f"the model that {str(a.x.dtype).replace('torch.', '')} cannot resolve — use "
                         "retry_float64=True or dtype float64 (--dtype float64), or a later layer")
@@ -408,7 +435,7 @@ class IJJob(PathJob):
             else:
                 notes.append(f"IJ completeness error {error:.2e} is above tol={self.tol:g} within max_steps="
                              f"{self.max_steps} (nodes used {steps_used[0]} and {steps_used[1]}): {hint}")
-        elif relative > WARN_RELATIVE_ERROR:
+        elif not auto and relative > WARN_RELATIVE_ERROR:
             notes.append(f"IJ completeness error {error:.2e} is {100 * relative:.1f}% of the score (above "
                          f"{100 * WARN_RELATIVE_ERROR:g}%): use steps='auto' or more steps")
         for note in notes:

@@ -301,7 +301,9 @@ class PathJob(abc.ABC):
         """return_factors=True: {"a": G_a, "b": G_b} as arrays [D, U]."""
         if not self.return_factors:
             return None
-        return {"a": G_a.double().cpu().numpy(), "b": G_b.double().cpu().numpy()}
+        # copies: a float64 G on the CPU is the cached and job-held tensor itself, which the caller must not reach
+        return {"a": G_a.detach().to("cpu", torch.float64, copy=True).numpy(),
+                "b": G_b.detach().to("cpu", torch.float64, copy=True).numpy()}
 
     def combine(self, a, b, G_a: Tensor, G_b: Tensor) -> Tensor:
         """A [U_a, U_b] of a pair from its two G's."""
