@@ -417,3 +417,10 @@ def test_a_float64_side_is_released_with_its_last_pair(explainer, monkeypatch):
     widths = {text: (before, after) for text, before, after in held}
     assert set(widths) == {A, B, C} and all(after < before for before, after in widths.values())
     assert held[-1][2] == 0  # every float64 side gone once the job's pairs are done
+
+
+def test_each_result_has_its_own_node_report(explainer):
+    """Two pairs of one job on the same text: editing one result's report leaves the other's as it was."""
+    first, second = explainer.explain_many([A, A], [B, "a bird flew"])
+    first.extras["nodes_per_side"][0]["nodes"] = -1
+    assert second.extras["nodes_per_side"][0]["nodes"] == second.extras["steps_used"][0] > 0

@@ -6,6 +6,7 @@ G_side[k, u] = ∫₀¹ ⟨∂f_k(r + α(x − r))/∂x, (x − r)|_u⟩ dα,   
 from __future__ import annotations
 
 import contextlib
+import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -450,7 +451,7 @@ class IJJob(PathJob):
                     "attention": [self.attention_of(0, a), self.attention_of(1, b)]}
         extras = {"relative_error": relative, "steps_used": steps_used, "converged": converged,
                   "warnings": notes or None, "completeness_per_side": completeness,
-                  "nodes_per_side": [self.node_sets[s.key][2] for s in (a, b)] if adaptive else None,
+                  "nodes_per_side": copy.deepcopy(infos) if adaptive else None,  # each result its own
                   "plans": plans, "steps_history": self.history, "seconds": seconds,
                   "late_interaction": form.as_dict() if self.late else None,
                   "decomposition": decomposition(score, form.dot(wa.fr, wb.fr), first, total),
