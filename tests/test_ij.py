@@ -424,3 +424,27 @@ def test_each_result_has_its_own_node_report(explainer):
     first, second = explainer.explain_many([A, A], [B, "a bird flew"])
     first.extras["nodes_per_side"][0]["nodes"] = -1
     assert second.extras["nodes_per_side"][0]["nodes"] == second.extras["steps_used"][0] > 0
+
+
+def test_a_float32_path_with_nan_at_a_node_is_rerun_in_float64(explainer, monkeypatch):
+    """NaN or Inf at a path node in the model's precision (a float16 model's overflow, here injected into the
+    float32 probes): the text's path is re-run in float64 and explained, the result saying so; without the re-run
+    it is a NumericalError naming the text and the setting that helps."""
+    real = engine.full_tangent_values
+
+    def overflowing(f, start, delta, alphas, shape, budget):
+        values = real(f, start, delta, alphas, shape, budget)
+        if start.dtype != torch.float64:  # as the real one reports a non-finite integrand
+            check_finite(values * float("inf"), "the full-tangent integrand")
+        return values
+
+    from simattr.errors import check_finite
+    from simattr.methods import ij
+    monkeypatch.setattr(ij.engine, "full_tangent_values", overflowing)
+    e = explainer.explain(A, B, layer=2)
+    assert e.extras["converged"] is True and e.error <= 1e-3
+    for side in e.extras["nodes_per_side"]:
+        assert side["dtype"] == "float64" and side["retried_from"]["non_finite"] is True
+    assert "NaN" not in e.to_json()
+    with pytest.raises(simattr.NumericalError, match="retry_float64=True re-runs it in float64"):
+        explainer.explain(A, B, layer=2, retry_float64=False)

@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import engine, jobs
 from .. import quadrature as quad
 from ..encoders import Encoder, Tokens, prepared, prompt_extras
-from ..errors import SimattrError, check_finite, warn
+from ..errors import NumericalError, SimattrError, check_finite, warn
 from ..explanation import Explanation
 from ..options import Cli, Option, Options, PerSide, boolean, integer, one_of, positive_number
 from ..options import side as side_value
@@ -198,7 +198,7 @@ OPTIONS = Options("ij", [
            "does not reach tol within it, or whose texts' rules do not reach their targets, is reported as not "
            "converged", integer(1), in_key=True, cli=Cli(type=int)),
     Option("retry_float64", True, "under steps='auto', a text whose float32 rule does not meet its target (it "
-           "stalls, or max_steps runs out) is re-run in a float64 copy of the model; the better rule is kept",
+           "stalls, max_steps runs out, or a node gives NaN or Inf) is re-run in a float64 copy of the model; the better rule is kept",
            boolean, in_key=True,
            cli=Cli(flag="--no-retry-float64", action="store_false", dest="retry_float64",
                    help="do not re-run a text in float64 when its float32 path stalls")),
@@ -318,7 +318,13 @@ class IJJob(PathJob):
                     target = text_tolerance(self.tol, "dot" if self.late else self.sim, other)
                     # the whole budget in float32 first: an error that falls slowly may still get there (MPNet
                     # layer 4: 406 nodes), and probes cost 1/units of the passes a float64 re-run would add
-                    rule = adaptive_rule(s, target, self.max_steps, self.budget)
+                    try:
+                        rule = adaptive_rule(s, target, self.max_steps, self.budget)
+                    except NumericalError as failed:  # NaN or Inf at a node (a float16 model's overflow)
+                        rule = self.retry_wide(s, target, None) if self.retry_float64 else None
+                        if rule is None:
+                            raise NumericalError(f"{failed} (on the path of text {s.key[1][:40]!r}"
+                                                 f"{'' if self.retry_float64 else '; retry_float64=True re-runs it in float64'})") from None
                     # unmet: stalled, or max_steps ran out while the error still fell (MPNet layer 0, the ~32-token
                     # pair's second text: 511 nodes, 4.7e-2, not stalled, where its first text stalled at 3.9e-2)
                     if not rule[2]["met"] and self.retry_float64:
@@ -338,6 +344,7 @@ class IJJob(PathJob):
         that meets the target or gets closer: where the float32 rule did not meet it — it stalled, or ran out of
         nodes — because the path passes a near-singular point of the model that float32 cannot evaluate
         consistently (all-mpnet-base-v2, layer 0).
+        narrow None: the float32 rule met NaN or Inf; the float64 one is used (None: there is none).
         Returns the adaptive rule kept, its info saying what was tried."""
         if side.x.dtype == torch.float64:
             return narrow
@@ -352,13 +359,17 @@ class IJJob(PathJob):
                                      torch.float64)
         wide.key = side.key
         rule = adaptive_rule(wide, target, self.max_steps, self.budget)
-        first = {k: narrow[2][k] for k in ("dtype", "nodes", "probe_evaluations", "error_norm")}
-        if rule[2]["error_norm"] >= narrow[2]["error_norm"]:
+        if narrow is None:
+            first = {"dtype": str(side.x.dtype).replace("torch.", ""), "error_norm": None, "non_finite": True,
+                     "probe_evaluations": 0}
+        else:
+            first = {k: narrow[2][k] for k in ("dtype", "nodes", "probe_evaluations", "error_norm")}
+        if narrow is not None and rule[2]["error_norm"] >= narrow[2]["error_norm"]:
             narrow[2]["retried"] = dict(rule[2], used=False)
             return narrow
         self.wide[side.key] = wide
         rule[2]["retried_from"] = first
-        rule[2]["probe_evaluations"] += narrow[2]["probe_evaluations"]
+        rule[2]["probe_evaluations"] += first["probe_evaluations"]
         return rule
 
     def release(self, tower: int, text: str):
