@@ -198,10 +198,10 @@ OPTIONS = Options("ij", [
            "does not reach tol within it, or whose texts' rules do not reach their targets, is reported as not "
            "converged", integer(1), in_key=True, cli=Cli(type=int)),
     Option("retry_float64", True, "under steps='auto', a text whose float32 rule does not meet its target (it "
-           "stalls, max_steps runs out, or a node gives NaN or Inf) is re-run in a float64 copy of the model; the better rule is kept",
-           boolean, in_key=True,
+           "stalls, max_steps runs out, or a node gives NaN or Inf) is re-run in a float64 copy of the model; the "
+           "better rule is kept", boolean, in_key=True,
            cli=Cli(flag="--no-retry-float64", action="store_false", dest="retry_float64",
-                   help="do not re-run a text in float64 when its float32 path stalls")),
+                   help="do not re-run a text in float64 when its float32 rule falls short of its target")),
     Option("quadrature", "auto", "path rule: 'auto' (adaptive_gauss with steps='auto', riemann_midpoint with a "
            "fixed count), adaptive_gauss, or a fixed rule", one_of("auto", *quad.RULES, aliases=quad.ALIASES),
            in_key=True, aliases=("method_quadrature",)),
@@ -323,8 +323,8 @@ class IJJob(PathJob):
                     except NumericalError as failed:  # NaN or Inf at a node (a float16 model's overflow)
                         rule = self.retry_wide(s, target, None) if self.retry_float64 else None
                         if rule is None:
-                            raise NumericalError(f"{failed} (on the path of text {s.key[1][:40]!r}"
-                                                 f"{'' if self.retry_float64 else '; retry_float64=True re-runs it in float64'})") from None
+                            helps = "" if self.retry_float64 else "; retry_float64=True re-runs it in float64"
+                            raise NumericalError(f"{failed} (on the path of text {s.key[1][:40]!r}{helps})") from None
                     # unmet: stalled, or max_steps ran out while the error still fell (MPNet layer 0, the ~32-token
                     # pair's second text: 511 nodes, 4.7e-2, not stalled, where its first text stalled at 3.9e-2)
                     if not rule[2]["met"] and self.retry_float64:
